@@ -1,0 +1,182 @@
+"""Practices, their staff and their clients."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from engine import audit, clock, lookup, roles, validate
+from engine.db import write
+from engine.errors import InvalidInput
+from engine.mail import validate_address
+from engine.models import Client, Practice, Staff
+from engine.settings import get_settings
+
+
+def _zone(value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput("time_zone must be an IANA name such as Europe/London", field="time_zone")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidInput(f"unknown time zone {value!r}", field="time_zone") from exc
+    return value
+
+
+def _offsets(value: object) -> str:
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value
+    ):
+        raise InvalidInput("reminder offsets must be positive whole seconds", field="reminder_offsets_s")
+    if list(value) != sorted(set(value)) or len(value) > 10:
+        raise InvalidInput("reminder offsets must be ascending, distinct, at most 10", field="reminder_offsets_s")
+    return ",".join(str(x) for x in value)
+
+
+def _window(value: object) -> tuple[int | None, int | None]:
+    if value is None:
+        return None, None
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(x, int) and 0 <= x < 1440 for x in value)
+        or value[0] == value[1]
+    ):
+        raise InvalidInput("send window must be two different minutes of the day (0-1439)", field="send_window")
+    return value[0], value[1]
+
+
+def _url(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value.startswith(("https://", "http://")) or len(value) > 2000:
+        raise InvalidInput(f"{field} must be an http(s) URL", field=field)
+    if any(ch.isspace() or ch in "<>\"'" for ch in value):
+        raise InvalidInput(f"{field} must not contain spaces or quotes", field=field)
+    return value
+
+
+def _settings_changes(values: dict[str, Any]) -> dict[str, Any]:
+    """Validate practice settings given by name; returns the columns to write."""
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "name":
+            changes["name"] = validate.name(value)
+        elif key == "logo_url":
+            changes["logo_url"] = None if value in (None, "") else _url(value, "logo_url")
+        elif key == "portal_url":
+            changes["portal_url"] = _url(value, "portal_url")
+        elif key == "time_zone":
+            changes["time_zone"] = _zone(value)
+        elif key == "online_payments":
+            changes["online_payments"] = bool(value)
+        elif key == "reminder_offsets_s":
+            changes["reminder_offsets_s"] = _offsets(value)
+        elif key == "lifetime_s":
+            if not isinstance(value, int) or isinstance(value, bool) or not 60 <= value <= 365 * 86_400:
+                raise InvalidInput("lifetime_s must be between 60 s and a year", field="lifetime_s")
+            changes["lifetime_s"] = value
+        elif key == "send_window":
+            changes["window_start_min"], changes["window_end_min"] = _window(value)
+        else:
+            raise InvalidInput(f"unknown practice setting {key!r}", field=key)
+    return changes
+
+
+def create_practice(name: str, *, now: datetime | None = None, **settings: Any) -> Practice:
+    """A new practice. Settings: logo_url, portal_url, time_zone, online_payments,
+    reminder_offsets_s (list of seconds), lifetime_s, send_window ((start_min, end_min) or None).
+    """
+    now = now or clock.now()
+    changes = _settings_changes({"name": name, **settings})
+    with write():
+        practice = Practice.create(portal_url="http://pending.invalid", created_at=now, updated_at=now, **changes)
+        if "portal_url" not in changes:
+            practice.portal_url = f"{get_settings().portal_base_url}/p/{practice.id}"
+            practice.save()
+        audit.record(practice_id=practice.id, actor="system:platform", action="practice_created", now=now)
+    return practice
+
+
+def update_practice(practice_id: int, *, by: str, now: datetime | None = None, **settings: Any) -> Practice:
+    """Change practice settings (admin only). Portal on/off has its own call."""
+    now = now or clock.now()
+    actor = roles.authorize(practice_id, by, "practice_settings")
+    changes = _settings_changes(settings)
+    with write():
+        practice = lookup.practice(practice_id)
+        Practice.update(updated_at=now, **changes).where(Practice.id == practice.id).execute()
+        audit.record(practice_id=practice.id, actor=actor, action="practice_updated", now=now,
+                     detail={k: str(v) for k, v in changes.items()})
+    return lookup.practice(practice_id)
+
+
+def create_staff(practice_id: int, name: str, email: str, role: str, *, by: str | None = None,
+                 now: datetime | None = None) -> Staff:
+    """Add a staff user. The first one needs no ``by``; later ones are added by an admin."""
+    now = now or clock.now()
+    if role not in roles.ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(roles.ROLES)}", field="role")
+    with write():
+        practice = lookup.practice(practice_id)
+        if by is None and Staff.select().where(Staff.practice == practice.id).exists():
+            raise InvalidInput("only an admin may add staff once the practice has some", field="by")
+        actor = roles.authorize(practice.id, by, "manage_staff") if by else "system:platform"
+        staff = Staff.create(practice=practice.id, name=validate.name(name), email=validate_address(email),
+                             role=role, created_at=now)
+        audit.record(practice_id=practice.id, actor=actor, action="staff_created", now=now,
+                     detail={"staff_id": staff.id, "role": role})
+    return staff
+
+
+def create_client(
+    practice_id: int,
+    name: str,
+    *,
+    by: str,
+    email: str | None = None,
+    consent: bool = False,
+    invite: bool = False,
+    idempotency_key: str | None = None,
+    now: datetime | None = None,
+) -> Client:
+    """Create a client profile; with ``invite`` the welcome invitation goes at once (P3).
+
+    An invitation the client cannot get (no email, no consent, portal off) refuses the whole
+    call, so an intake form never creates a profile that silently got nothing.
+    """
+    now = now or clock.now()
+    actor = roles.authorize(practice_id, by, "create_client")
+    clean_name = validate.name(name)
+    address = validate_address(email) if email not in (None, "") else None
+    from engine import invitations
+
+    with write():
+        practice = lookup.practice(practice_id)
+        client = Client.create(practice=practice.id, name=clean_name, primary_email=address,
+                               email_consent=bool(consent), created_at=now, updated_at=now)
+        audit.record(practice_id=practice.id, client_id=client.id, actor=actor, action="client_created", now=now)
+        created = None
+        if invite:
+            created = invitations.open_invitation(practice, client, actor=actor, now=now,
+                                                  idempotency_key=idempotency_key)
+    if created is not None:
+        invitations.nudge([created.id])
+    return client
+
+
+def update_client(practice_id: int, client_id: int, *, by: str, now: datetime | None = None,
+                  name: str | None = None, consent: bool | None = None) -> Client:
+    """Change a client's name or email consent (the primary email has its own call, P10)."""
+    now = now or clock.now()
+    actor = roles.authorize(practice_id, by, "update_client")
+    changes: dict[str, Any] = {"updated_at": now}
+    if name is not None:
+        changes["name"] = validate.name(name)
+    if consent is not None:
+        changes["email_consent"] = bool(consent)
+    with write():
+        client = lookup.client(practice_id, client_id)
+        Client.update(**changes).where(Client.id == client.id).execute()
+        audit.record(practice_id=practice_id, client_id=client.id, actor=actor, action="client_updated", now=now,
+                     detail={k: v for k, v in changes.items() if k != "updated_at"})
+    return lookup.client(practice_id, client_id)

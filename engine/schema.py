@@ -1,0 +1,55 @@
+"""Creating and evolving the schema: numbered migrations, applied once each, in order.
+
+To change the schema, append a ``(number, description, function)`` to ``MIGRATIONS``; the
+function gets a ``playhouse.migrate.SchemaMigrator`` and runs inside one transaction.
+``invites db upgrade`` (or ``upgrade()``) applies what has not run yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from playhouse.migrate import SchemaMigrator
+
+from engine import clock
+from engine.db import db, is_postgres
+from engine.models import MODELS, SchemaVersion
+
+
+def _initial(migrator: SchemaMigrator) -> None:
+    db.create_tables([m for m in MODELS if m is not SchemaVersion], safe=True)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[SchemaMigrator], None]]] = [
+    (1, "initial tables", _initial),
+]
+
+
+def current_version() -> int:
+    if not db.table_exists(SchemaVersion._meta.table_name):
+        return 0
+    row = SchemaVersion.select(SchemaVersion.version).order_by(SchemaVersion.version.desc()).first()
+    return int(row.version) if row else 0
+
+
+def upgrade(now: datetime | None = None) -> list[int]:
+    """Apply the migrations that have not run; returns their numbers."""
+    now = now or clock.now()
+    db.create_tables([SchemaVersion], safe=True)
+    done = current_version()
+    applied = []
+    migrator = SchemaMigrator.from_database(db.obj)
+    for number, _, apply in MIGRATIONS:
+        if number <= done:
+            continue
+        with db.atomic():
+            apply(migrator)
+            SchemaVersion.create(version=number, applied_at=now)
+        applied.append(number)
+    return applied
+
+
+def drop_all() -> None:
+    """Drop every table (tests and ``invites db reset``)."""
+    db.drop_tables(list(MODELS), safe=True, cascade=is_postgres())

@@ -1,0 +1,85 @@
+"""Portal link tokens: 32 random bytes, only their SHA-256 stored, single use, expiring."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from datetime import datetime
+
+from engine.errors import TokenExpired, TokenRevoked, TokenUnknown, TokenUsed
+from engine.models import Token
+
+_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # base64url of 32 bytes, unpadded
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh token and its hash; only the hash may be stored."""
+    raw = secrets.token_urlsafe(32)
+    return raw, hash_token(raw)
+
+
+def hash_token(raw: str) -> str:
+    return hashlib.sha256(raw.encode("ascii")).hexdigest()
+
+
+def issue(
+    *,
+    practice_id: int,
+    client_id: int,
+    invitation_id: int | None,
+    purpose: str,
+    expires_at: datetime,
+    now: datetime,
+) -> str:
+    """Store a new token's hash and return the raw token (to go into one email, nowhere else)."""
+    raw, digest = new_token()
+    Token.create(
+        practice=practice_id,
+        client=client_id,
+        invitation=invitation_id,
+        purpose=purpose,
+        token_hash=digest,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    return raw
+
+
+def find(practice_id: int, raw: str, now: datetime) -> Token:
+    """The usable token for ``raw`` in this practice, or the reason it is not usable.
+
+    Looking a token up changes nothing: mail scanners open links before people do.
+    """
+    if not isinstance(raw, str) or not _SHAPE.match(raw):
+        raise TokenUnknown("this link is not valid")
+    digest = hash_token(raw)
+    token = Token.get_or_none((Token.token_hash == digest) & (Token.practice == practice_id))
+    # The lookup is by hash, so timing says nothing about the raw token; compare anyway.
+    if token is None or not hmac.compare_digest(token.token_hash, digest):
+        raise TokenUnknown("this link is not valid")
+    if token.revoked_at is not None:
+        raise TokenRevoked("this link was replaced by a newer one", reason=token.revoked_reason)
+    if token.used_at is not None:
+        raise TokenUsed("this link was used already")
+    if token.expires_at <= now:
+        raise TokenExpired("this link has expired", expired_at=token.expires_at.isoformat())
+    return token
+
+
+def revoke(
+    *,
+    client_id: int,
+    reason: str,
+    now: datetime,
+    purpose: str | None = None,
+    invitation_id: int | None = None,
+) -> int:
+    """Make every live token of a client (optionally of one purpose or invitation) unusable."""
+    cond = (Token.client == client_id) & Token.revoked_at.is_null() & Token.used_at.is_null()
+    if purpose is not None:
+        cond &= Token.purpose == purpose
+    if invitation_id is not None:
+        cond &= Token.invitation == invitation_id
+    return int(Token.update(revoked_at=now, revoked_reason=reason).where(cond).execute())

@@ -1,0 +1,71 @@
+"""Process entry: APScheduler runs the periodic sweep. Run ``python scheduler.py``.
+
+Only wiring. The sweep is safe with several scheduler processes at once (the claim is), so a
+second one is a spare, not a hazard.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from datetime import UTC
+from types import FrameType
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from engine import clock
+from engine.db import connection
+from engine.logs import setup_logging
+from engine.runtime import boot
+from engine.settings import Settings, get_settings
+
+logger = logging.getLogger("invites.scheduler")
+
+
+def run_sweep() -> None:
+    from workflows.actors import enqueue_steps
+    from workflows.sweep import sweep
+
+    settings = get_settings()
+    with connection():
+        sweep(
+            clock.now(),
+            enqueue=enqueue_steps,
+            batch_size=settings.sweep_batch_size,
+            lease_s=settings.step_lease_s,
+        )
+
+
+def build_scheduler(settings: Settings) -> BlockingScheduler:
+    scheduler = BlockingScheduler(timezone=UTC)
+    scheduler.add_job(
+        run_sweep,
+        "interval",
+        seconds=settings.sweep_interval_s,
+        id="sweep",
+        coalesce=True,
+        max_instances=1,
+        # A late sweep still runs (once): the default grace of 1 s would drop it.
+        misfire_grace_time=settings.sweep_interval_s,
+        next_run_time=clock.now(),
+    )
+    return scheduler
+
+
+def main() -> int:
+    setup_logging(get_settings().log_format)
+    settings = boot()
+    scheduler = build_scheduler(settings)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        scheduler.shutdown(wait=False)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logger.info("scheduler started", extra={"action": "scheduler_started", "interval_s": settings.sweep_interval_s})
+    scheduler.start()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,293 @@
+"""Shared fixtures: real Redis, a real database (SQLite file and PostgreSQL), a real SMTP sink,
+real Dramatiq worker threads, and the engine's clock under the test's control."""
+
+from __future__ import annotations
+
+import os
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Settings are read once per process, and actor options when the actors are declared: set the
+# tests' own before anything imports the engine. Mail and database are set per test.
+os.environ.update(
+    BROKER_URL=TEST_REDIS_URL,
+    STEP_LEASE_S="60",
+    RETRY_MIN_BACKOFF_MS="20",
+    RETRY_MAX_BACKOFF_MS="100",
+    MAX_DELIVERY_ATTEMPTS="3",
+    SMTP_TIMEOUT_S="5",
+    STEP_TIME_LIMIT_MS="20000",
+    PORTAL_BASE_URL="https://portal.test",
+)
+
+import email
+import email.policy
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from aiosmtpd.controller import Controller
+
+from engine import clock as engine_clock
+from engine.db import db, init_db
+from engine.settings import Settings
+
+TEST_PG_DSN = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/invites_test")
+IN_CI = bool(os.environ.get("CI"))
+START = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)  # a Tuesday, 10:00 UTC
+
+
+# --- SMTP sink ---------------------------------------------------------------------------
+
+@dataclass
+class SinkHandler:
+    messages: list[email.message.EmailMessage] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+    #: When set, DATA is answered with this reply instead of accepting (e.g. "451 4.3.0 later").
+    reply: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            if self.reply:
+                return self.reply
+            self.raw.append(envelope.original_content or envelope.content)
+            self.messages.append(
+                email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
+            )
+        return "250 2.0.0 OK"
+
+    def clear(self) -> None:
+        with self.lock:
+            self.messages.clear()
+            self.raw.clear()
+            self.reply = None
+
+    def to(self, address: str) -> list[email.message.EmailMessage]:
+        with self.lock:
+            return [m for m in self.messages if m["To"].addresses[0].addr_spec == address]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[tuple[SinkHandler, int]]:
+    handler = SinkHandler()
+    port = _free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+@pytest.fixture
+def sink(smtp_server: tuple[SinkHandler, int]) -> Iterator[SinkHandler]:
+    handler, _ = smtp_server
+    handler.clear()
+    yield handler
+    handler.clear()
+
+
+# --- Redis --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        if IN_CI:
+            pytest.fail(f"Redis is not reachable at {TEST_REDIS_URL}")
+        pytest.skip(f"Redis is not reachable at {TEST_REDIS_URL}")
+    return client
+
+
+# --- Databases ------------------------------------------------------------------------------
+
+def _postgres_ready() -> str | None:
+    """Create the tests' own PostgreSQL database if the server answers; None if it does not."""
+    from urllib.parse import urlparse
+
+    import psycopg2
+
+    url = urlparse(TEST_PG_DSN)
+    try:
+        conn = psycopg2.connect(host=url.hostname, port=url.port or 5432, user=url.username,
+                                dbname="postgres", connect_timeout=3)
+    except psycopg2.OperationalError:
+        return None
+    conn.autocommit = True
+    name = url.path.lstrip("/")
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if cur.fetchone() is None:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return TEST_PG_DSN
+
+
+def _backends() -> list[str]:
+    return [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgres").split(",") if b.strip()]
+
+
+@pytest.fixture(scope="session", params=_backends())
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'invites.db'}"
+    url = _postgres_ready()
+    if url is None:
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432: the PostgreSQL half is skipped")
+    return url
+
+
+@pytest.fixture(scope="session")
+def base_settings(smtp_server: tuple[SinkHandler, int], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    _, port = smtp_server
+    return Settings.from_env({**os.environ, "MAIL_URL": f"smtp://127.0.0.1:{port}"})
+
+
+@pytest.fixture(scope="session")
+def engine_runtime(base_settings: Settings, redis_client: redis.Redis) -> Iterator[Any]:
+    """Boot the engine once: settings, broker (the tests' Redis database), actors."""
+    from engine import runtime
+
+    runtime.boot(base_settings)
+    yield runtime.broker()
+
+
+@pytest.fixture
+def broker(engine_runtime: Any, database_url: str, base_settings: Settings,
+           redis_client: redis.Redis) -> Iterator[Any]:
+    """A clean database and broker for one test; yields the broker."""
+    from engine import schema
+    from engine.settings import configure
+    from workflows import actors
+
+    configure(Settings(**{**base_settings.__dict__, "database_url": database_url}))
+    actors.reset_transport()
+    init_db(database_url)
+    db.connect(reuse_if_open=True)
+    schema.drop_all()
+    schema.upgrade()
+    redis_client.flushdb()
+    yield engine_runtime
+    engine_runtime.flush_all()
+    redis_client.flushdb()
+    if not db.is_closed():
+        db.close()
+
+
+@pytest.fixture
+def clock(broker: Any) -> Iterator[engine_clock.ManualClock]:
+    manual = engine_clock.ManualClock(START)
+    previous = engine_clock.use_clock(manual)
+    yield manual
+    engine_clock.use_clock(previous)
+
+
+# --- Worker ---------------------------------------------------------------------------------
+
+class RunningWorker:
+    def __init__(self, broker: Any, threads: int = 4) -> None:
+        import dramatiq
+
+        self.broker = broker
+        self.worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=50)
+
+    def drain(self, timeout_ms: int = 30_000) -> None:
+        """Wait until every queue is empty and every in-flight message is done."""
+        from engine.broker import QUEUES
+
+        for _ in range(3):  # a step may enqueue a follow-up (retries, failure handler)
+            for queue in QUEUES:
+                self.broker.join(queue, timeout=timeout_ms)
+            self.worker.join()
+
+
+@pytest.fixture
+def worker(broker: Any) -> Iterator[RunningWorker]:
+    running = RunningWorker(broker)
+    running.worker.start()
+    yield running
+    running.worker.stop()
+
+
+# --- Factories ------------------------------------------------------------------------------
+
+@pytest.fixture
+def practice_factory(clock: engine_clock.ManualClock) -> Callable[..., Any]:
+    from engine import create_practice, create_staff
+
+    def make(name: str = "Happy Paws Vet", **settings: Any) -> Any:
+        practice = create_practice(name, now=clock.now(), **settings)
+        practice.admin = create_staff(practice.id, "Ada Admin", "ada@happypaws.test", "admin", now=clock.now())
+        practice.standard = create_staff(
+            practice.id, "Sam Staff", "sam@happypaws.test", "standard", by=f"staff:{practice.admin.id}",
+            now=clock.now(),
+        )
+        return practice
+
+    return make
+
+
+@pytest.fixture
+def practice(practice_factory: Callable[..., Any]) -> Any:
+    return practice_factory()
+
+
+@pytest.fixture
+def staff_by(practice: Any) -> str:
+    return f"staff:{practice.standard.id}"
+
+
+@pytest.fixture
+def client_factory(clock: engine_clock.ManualClock, practice: Any) -> Callable[..., Any]:
+    from engine import create_client
+
+    counter = iter(range(1, 10**6))
+
+    def make(practice_: Any = None, *, name: str | None = None, email: str | None = "", consent: bool = True,
+             **kwargs: Any) -> Any:
+        n = next(counter)
+        p = practice_ or practice
+        address = f"client{n}@example.test" if email == "" else email
+        return create_client(p.id, name or f"Client {n}", email=address, consent=consent,
+                             by=f"staff:{p.standard.id}", now=clock.now(), **kwargs)
+
+    return make
+
+
+# --- Helpers for reading emails -------------------------------------------------------------
+
+def links(message: email.message.EmailMessage) -> dict[str, str]:
+    """The sign-in and set-password URLs of an invitation or reminder, from the text part."""
+    import re
+
+    text = message.get_body(preferencelist=("plain",)).get_content()
+    found = re.findall(r"https?://\S+", text)
+    out = {}
+    for url in found:
+        if "set-password" in url:
+            out["set_password"] = url
+        elif "/p/" in url:
+            out.setdefault("sign_in", url)
+    return out
+
+
+def token_of(message: email.message.EmailMessage) -> str:
+    from urllib.parse import parse_qs, urlparse
+
+    return parse_qs(urlparse(links(message)["set_password"]).query)["token"][0]
+
+
+def tests_dir() -> Path:
+    return Path(__file__).parent

@@ -1,0 +1,141 @@
+"""Dramatiq actors: JSON ids in, the step re-checks the row, safe to run twice.
+
+The broker must be set (``engine.broker.setup_broker``) before this module is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import dramatiq
+import peewee
+
+from engine import clock
+from engine.broker import MAIL_QUEUE, QUEUE
+from engine.errors import Conflict, InvalidInput, TransientDeliveryError
+from engine.mail import Transport, open_transport
+from engine.runtime import ensure_broker
+from engine.settings import get_settings
+from workflows import steps
+
+ensure_broker()  # before the decorators below bind the actors to Dramatiq's global broker
+
+logger = logging.getLogger("invites.actors")
+
+#: Errors worth another try; anything else fails the message at once (and the invitation).
+RETRYABLE: tuple[type[BaseException], ...] = (
+    TransientDeliveryError,
+    Conflict,
+    peewee.OperationalError,
+    peewee.InterfaceError,
+)
+
+_transport: Transport | None = None
+_transport_lock = threading.Lock()
+
+
+def transport() -> Transport:
+    """The process's mail transport (it keeps one SMTP connection per worker thread)."""
+    global _transport
+    with _transport_lock:
+        if _transport is None:
+            _transport = open_transport(get_settings())
+        return _transport
+
+
+def reset_transport() -> None:
+    """Close and forget the transport (settings changed, or shutting down)."""
+    global _transport
+    with _transport_lock:
+        if _transport is not None:
+            _transport.close()
+        _transport = None
+
+
+def _retry_when(retries: int, exc: BaseException) -> bool:
+    return isinstance(exc, RETRYABLE) and retries + 1 < get_settings().max_delivery_attempts
+
+
+def _invitation_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInput(f"invitation id must be a positive integer, got {value!r}")
+    return value
+
+
+_settings = get_settings()
+
+
+@dramatiq.actor(
+    queue_name=QUEUE,
+    retry_when=_retry_when,
+    min_backoff=_settings.retry_min_backoff_ms,
+    max_backoff=_settings.retry_max_backoff_ms,
+    time_limit=_settings.step_time_limit_ms,
+    on_retry_exhausted="invitation_failed",
+)
+def advance_invitation(invitation_id: int) -> None:
+    """Look at invitation ``invitation_id`` now and do the step that is due, if any."""
+    outcome = steps.advance(
+        _invitation_id(invitation_id),
+        now=clock.now(),
+        transport=transport(),
+        settings=get_settings(),
+    )
+    logger.debug("step done", extra={"action": "step", "invitation_id": invitation_id, "outcome": outcome})
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=5, min_backoff=1_000, max_backoff=60_000)
+def invitation_failed(message_data: dict[str, Any], retry_info: dict[str, Any]) -> None:
+    """Retries ran out: mark the invitation failed with its last error, for staff to see."""
+    args = message_data.get("args") or [None]
+    try:
+        invitation_id = _invitation_id(args[0])
+    except InvalidInput:
+        logger.error("malformed message dead-lettered", extra={"action": "dead_letter", "args": args})
+        return
+    traceback = (message_data.get("options") or {}).get("traceback") or ""
+    lines = traceback.strip().splitlines()
+    error = steps.last_error(invitation_id) or (lines[-1] if lines else "retries exhausted")
+    steps.fail(invitation_id, error=error, now=clock.now())
+
+
+@dramatiq.actor(queue_name=MAIL_QUEUE, retry_when=_retry_when,
+                min_backoff=_settings.retry_min_backoff_ms,
+                max_backoff=_settings.retry_max_backoff_ms,
+                time_limit=_settings.step_time_limit_ms)
+def send_outbox_email(outbox_id: int) -> None:
+    """Deliver a one-off outbox email (a password reset) if it is still owed."""
+    from workflows import resets
+
+    resets.deliver(_invitation_id(outbox_id), now=clock.now(), transport=transport(), settings=get_settings())
+
+
+ACTORS: tuple[dramatiq.Actor[Any, Any], ...] = (advance_invitation, invitation_failed, send_outbox_email)
+
+
+def bind(broker: dramatiq.Broker) -> None:
+    """Declare our actors on ``broker`` (tests that run one suite on two brokers)."""
+    for actor in ACTORS:
+        actor.broker = broker
+        broker.declare_actor(actor)
+
+
+def enqueue_steps(invitation_ids: list[int]) -> int:
+    """Send one nudge per invitation; returns how many reached the broker.
+
+    Stops at the first broker error: the rest keep their lease and the sweep retries them.
+    """
+    sent = 0
+    for invitation_id in invitation_ids:
+        try:
+            advance_invitation.send(invitation_id)
+        except Exception as exc:  # noqa: BLE001 - any broker failure: the sweep will retry
+            logger.warning(
+                "could not enqueue; the sweep will retry after the lease",
+                extra={"action": "enqueue_failed", "invitation_id": invitation_id, "error": type(exc).__name__},
+            )
+            break
+        sent += 1
+    return sent
