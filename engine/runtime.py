@@ -5,6 +5,7 @@ from __future__ import annotations
 import dramatiq
 
 from engine.broker import setup_broker
+from engine.clock import FileOffsetClock, use_clock
 from engine.db import init_db
 from engine.settings import Settings, configure, get_settings
 
@@ -14,6 +15,8 @@ _broker: dramatiq.Broker | None = None
 def boot(settings: Settings | None = None, *, with_broker: bool = True) -> Settings:
     """Make this process ready to use the engine; the broker is set before actors load."""
     settings = configure(settings) if settings is not None else get_settings()
+    if settings.clock_offset_file:
+        use_clock(FileOffsetClock(settings.clock_offset_file))
     init_db(settings.database_url)
     if with_broker:
         ensure_broker()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -54,8 +54,8 @@ class Settings:
     redis_maintenance_chance: int = 20_000
     #: Log lines as JSON (``json``) or text (``text``).
     log_format: str = "text"
-    #: Anything not listed above, kept for the record.
-    extra: dict[str, str] = field(default_factory=dict)
+    #: Tests and demos only: a file holding seconds to add to the wall clock in every process.
+    clock_offset_file: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -81,6 +81,7 @@ class Settings:
                 env, "REDIS_MAINTENANCE_CHANCE", d.redis_maintenance_chance
             ),
             log_format=env.get("LOG_FORMAT") or d.log_format,
+            clock_offset_file=env.get("CLOCK_OFFSET_FILE") or d.clock_offset_file,
         )
 
     def outbox_dir(self) -> Path | None:

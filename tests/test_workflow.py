@@ -8,7 +8,7 @@ import pytest
 
 import engine
 from tests.conftest import links, token_of
-from workflows.actors import enqueue_steps
+from workflows.actors import advance_invitation, enqueue_steps
 from workflows.sweep import sweep
 
 
@@ -91,8 +91,10 @@ def test_w1_redeeming_the_link_signs_in_and_stops_reminders(practice, client_fac
 def test_w2_redelivered_step_sends_one_email(practice, client_factory, staff_by, clock, worker, sink):
     client = client_factory(email="twice@example.test")
     invitation = engine.invite(practice.id, client.id, by=staff_by)
-    # The same nudge delivered three more times (at-least-once delivery, a sweep racing).
-    enqueue_steps([invitation.id, invitation.id, invitation.id])
+    # The same nudge delivered again and again, alone and in batches, by concurrent threads.
+    for _ in range(3):
+        advance_invitation.send(invitation.id)
+    enqueue_steps([invitation.id, invitation.id])
     worker.drain()
     assert len(sink.to("twice@example.test")) == 1
     clock.advance(days=3, minutes=5)
