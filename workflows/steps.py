@@ -74,7 +74,7 @@ def _plan(invitation_id: int, *, now: datetime, settings: Settings) -> _Planned 
     else:
         assert inv.expires_at is not None
         if now >= inv.expires_at:
-            tokens.revoke(client_id=inv.client_id, invitation_id=inv.id, reason="expired", now=now)
+            # Its links expire with it (same expires_at), and say so when opened.
             transition(inv, Event.EXPIRE, actor=WORKER, now=now)
             logger.info("invitation expired", extra={"action": "invitation_expired", "invitation_id": inv.id})
             return "expired"
