@@ -72,8 +72,9 @@ def _settings_changes(values: dict[str, Any]) -> dict[str, Any]:
         elif key == "reminder_offsets_s":
             changes["reminder_offsets_s"] = _offsets(value)
         elif key == "lifetime_s":
-            if not isinstance(value, int) or isinstance(value, bool) or not 60 <= value <= 365 * 86_400:
-                raise InvalidInput("lifetime_s must be between 60 s and a year", field="lifetime_s")
+            # The floor is low so a demo can compress days into seconds (`invites demo`: 30 s).
+            if not isinstance(value, int) or isinstance(value, bool) or not 10 <= value <= 365 * 86_400:
+                raise InvalidInput("lifetime_s must be between 10 s and a year", field="lifetime_s")
             changes["lifetime_s"] = value
         elif key == "send_window":
             changes["window_start_min"], changes["window_end_min"] = _window(value)
