@@ -52,8 +52,17 @@ class Settings:
     idempotency_ttl_s: int = 86_400
     #: Dramatiq's Redis maintenance chance (per million calls); see docs/guarantees.md.
     redis_maintenance_chance: int = 20_000
+    #: How long dead-lettered messages are kept (both brokers). RabbitMQ fixes it when the
+    #: queue is first declared: every process must use the same value (docs/deploy.md).
+    dead_message_ttl_ms: int = 7 * 86_400_000
+    #: The RabbitMQ server's ``consumer_timeout`` (its default, 30 min). A worker refuses to start
+    #: when a time limit or retry delay of ours is not below it (docs/deploy.md).
+    rabbitmq_consumer_timeout_ms: int = 1_800_000
     #: Log lines as JSON (``json``) or text (``text``).
     log_format: str = "text"
+    #: ``1``: workers run by the ``dramatiq`` command add Dramatiq's Prometheus middleware
+    #: (its exposition server: ``dramatiq_prom_host``/``_port``/``_db``; docs/operations.md).
+    worker_prometheus: bool = False
     #: Tests and demos only: a file holding seconds to add to the wall clock in every process.
     clock_offset_file: str = ""
 
@@ -80,13 +89,18 @@ class Settings:
             redis_maintenance_chance=_int(
                 env, "REDIS_MAINTENANCE_CHANCE", d.redis_maintenance_chance
             ),
+            dead_message_ttl_ms=_int(env, "DEAD_MESSAGE_TTL_MS", d.dead_message_ttl_ms),
+            rabbitmq_consumer_timeout_ms=_int(
+                env, "RABBITMQ_CONSUMER_TIMEOUT_MS", d.rabbitmq_consumer_timeout_ms
+            ),
             log_format=env.get("LOG_FORMAT") or d.log_format,
+            worker_prometheus=env.get("WORKER_PROMETHEUS", "").lower() in ("1", "true", "yes", "on"),
             clock_offset_file=env.get("CLOCK_OFFSET_FILE") or d.clock_offset_file,
         )
 
     def outbox_dir(self) -> Path | None:
         """The folder of ``.eml`` files when ``mail_url`` is not SMTP."""
-        if self.mail_url.startswith(("smtp://", "smtps://")):
+        if self.mail_url.startswith(("smtp://", "smtp+starttls://", "smtps://")):
             return None
         return Path(self.mail_url.removeprefix("file://"))
 
