@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+# Staff operations on portal access (docs/staff.md); the rest of the group is marked below
+from engine.access import (
+    EmailChange,
+    Permissions,
+    change_portal_email,
+    change_primary_email,
+    disable,
+    effective_permissions,
+    permissions,
+    resend,
+    set_permissions,
+)
+
 # Set-up
 from engine.clock import Clock, ManualClock, SystemClock, now, use_clock
 
@@ -21,6 +34,7 @@ from engine.errors import (
     NoEmail,
     NotFound,
     NotInvited,
+    NotSignedIn,
     PermanentDeliveryError,
     PermissionRule,
     PortalOff,
@@ -39,15 +53,20 @@ from engine.errors import (
 
 # Invitations, sign-in, links
 from engine.invitations import TokenInfo, invite, record_sign_in, redeem_token, verify_token
+from engine.mass import MassInviteReport, mass_invite  # staff operations
+from engine.portal import PortalLink, PortalSwitch, portal_link, set_portal_enabled  # staff operations
 
 # Practices, staff, clients
 from engine.practices import create_client, create_practice, create_staff, update_client, update_practice
+from engine.resets import ResetRequest, request_password_reset  # staff operations
 from engine.runtime import boot
 from engine.schema import upgrade
 from engine.settings import Settings, get_settings
+from engine.sharing import ShareResult, share_documents  # staff operations
 
 # Views
 from engine.status import PortalStatus, portal_status, timeline
+from engine.views import ViewPage, needs_attention, pending, scheduled
 
 __all__ = [
     # Errors
@@ -65,6 +84,7 @@ __all__ = [
     "NoEmail",
     "NotFound",
     "NotInvited",
+    "NotSignedIn",
     "PermanentDeliveryError",
     "PermissionRule",
     "PortalOff",
@@ -101,8 +121,32 @@ __all__ = [
     "record_sign_in",
     "redeem_token",
     "verify_token",
+    # Staff operations on portal access
+    "EmailChange",
+    "MassInviteReport",
+    "Permissions",
+    "PortalLink",
+    "PortalSwitch",
+    "ResetRequest",
+    "ShareResult",
+    "change_portal_email",
+    "change_primary_email",
+    "disable",
+    "effective_permissions",
+    "mass_invite",
+    "permissions",
+    "portal_link",
+    "request_password_reset",
+    "resend",
+    "set_permissions",
+    "set_portal_enabled",
+    "share_documents",
     # Views
     "PortalStatus",
+    "ViewPage",
+    "needs_attention",
+    "pending",
     "portal_status",
+    "scheduled",
     "timeline",
 ]

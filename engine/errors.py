@@ -183,3 +183,9 @@ class ServiceUnavailable(InviteError):
     """A service the engine needs (database, broker) did not answer."""
 
     code = "service_unavailable"
+
+
+class NotSignedIn(InviteError):
+    """The client has not signed in yet: a password reset needs access in use (P7); resend instead."""
+
+    code = "not_signed_in"

@@ -123,9 +123,11 @@ class Invitation(BaseModel):
         indexes = ((("state", "next_action_at"), False),)
 
 
-# At most one live invitation per client, enforced by the database itself.
+# At most one live invitation per client, enforced by the database itself. Named: the default
+# name ("invitation_client_id") is the foreign key's index, and IF NOT EXISTS skipped this one.
 Invitation.add_index(
-    Invitation.index(Invitation.client, unique=True, where=SQL("state IN ('queued', 'sent', 'reminded')"))
+    Invitation.index(Invitation.client, unique=True, where=SQL("state IN ('queued', 'sent', 'reminded')"),
+                     name="invitation_one_live_per_client")
 )
 
 

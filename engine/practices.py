@@ -90,8 +90,10 @@ def create_practice(name: str, *, now: datetime | None = None, **settings: Any) 
     now = now or clock.now()
     changes = _settings_changes({"name": name, **settings})
     with write():
-        practice = Practice.create(portal_url="http://pending.invalid", created_at=now, updated_at=now, **changes)
-        if "portal_url" not in changes:
+        # The default portal URL names the practice's id, known only once the row exists.
+        changes.setdefault("portal_url", "http://pending.invalid")
+        practice = Practice.create(created_at=now, updated_at=now, **changes)
+        if practice.portal_url == "http://pending.invalid":
             practice.portal_url = f"{get_settings().portal_base_url}/p/{practice.id}"
             practice.save()
         audit.record(practice_id=practice.id, actor="system:platform", action="practice_created", now=now)

@@ -14,15 +14,22 @@ from playhouse.migrate import SchemaMigrator
 
 from engine import clock
 from engine.db import db, is_postgres
-from engine.models import MODELS, SchemaVersion
+from engine.models import MODELS, Invitation, SchemaVersion
 
 
 def _initial(migrator: SchemaMigrator) -> None:
     db.create_tables([m for m in MODELS if m is not SchemaVersion], safe=True)
 
 
+def _one_live_invitation_index(migrator: SchemaMigrator) -> None:
+    # Databases made by migration 1 before the index had its own name never got it; "safe"
+    # creates only the table and indexes that are missing.
+    db.create_tables([Invitation], safe=True)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[SchemaMigrator], None]]] = [
     (1, "initial tables", _initial),
+    (2, "unique index: one live invitation per client", _one_live_invitation_index),
 ]
 
 

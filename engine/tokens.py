@@ -6,8 +6,10 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
 
+from engine.db import insert_rows
 from engine.errors import TokenExpired, TokenRevoked, TokenUnknown, TokenUsed
 from engine.models import Token
 
@@ -34,17 +36,23 @@ def issue(
     now: datetime,
 ) -> str:
     """Store a new token's hash and return the raw token (to go into one email, nowhere else)."""
-    raw, digest = new_token()
-    Token.create(
-        practice=practice_id,
-        client=client_id,
-        invitation=invitation_id,
-        purpose=purpose,
-        token_hash=digest,
-        created_at=now,
-        expires_at=expires_at,
+    return issue_many([(practice_id, client_id, invitation_id, purpose, expires_at)], now=now)[0]
+
+
+def issue_many(grants: Sequence[tuple[int, int, int | None, str, datetime]], *, now: datetime) -> list[str]:
+    """``issue`` for many links in one statement: each grant is (practice_id, client_id,
+    invitation_id, purpose, expires_at); returns the raw tokens in the same order."""
+    raws, rows = [], []
+    for practice_id, client_id, invitation_id, purpose, expires_at in grants:
+        raw, digest = new_token()
+        raws.append(raw)
+        rows.append((practice_id, client_id, invitation_id, purpose, digest, now, expires_at))
+    insert_rows(
+        [Token.practice, Token.client, Token.invitation, Token.purpose, Token.token_hash, Token.created_at,
+         Token.expires_at],
+        rows,
     )
-    return raw
+    return raws
 
 
 def find(practice_id: int, raw: str, now: datetime) -> Token:

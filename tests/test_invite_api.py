@@ -200,3 +200,10 @@ def test_w1_timeline_records_who_did_what(practice, client_factory, staff_by, cl
     status = engine.portal_status(practice.id, client.id)
     assert status.status == "signed_in"
     assert status.first_signed_in_at - status.sent_at == timedelta(minutes=5)
+
+
+def test_p16_practice_created_with_its_own_portal_url(clock):
+    practice = engine.create_practice("Own Site", portal_url="https://clinic.example/portal", now=clock.now())
+    assert practice.portal_url == "https://clinic.example/portal"
+    default = engine.create_practice("Default Site", now=clock.now())
+    assert default.portal_url == f"https://portal.test/p/{default.id}"
