@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from datetime import UTC
+from datetime import UTC, datetime
 from types import FrameType
 
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -23,17 +23,19 @@ logger = logging.getLogger("invites.scheduler")
 
 
 def run_sweep() -> None:
+    from engine.heartbeat import record_sweep
     from workflows.actors import enqueue_steps
     from workflows.sweep import sweep
 
     settings = get_settings()
     with connection():
-        sweep(
+        result = sweep(
             clock.now(),
             enqueue=enqueue_steps,
             batch_size=settings.sweep_batch_size,
             lease_s=settings.step_lease_s,
         )
+    record_sweep(result, now=clock.now(), interval_s=settings.sweep_interval_s)
 
 
 def build_scheduler(settings: Settings) -> BlockingScheduler:
@@ -47,7 +49,9 @@ def build_scheduler(settings: Settings) -> BlockingScheduler:
         max_instances=1,
         # A late sweep still runs (once): the default grace of 1 s would drop it.
         misfire_grace_time=settings.sweep_interval_s,
-        next_run_time=clock.now(),
+        # APScheduler counts in wall-clock time; the engine's clock may be shifted (CLOCK_OFFSET_FILE),
+        # and a first run "now" in shifted time would be days away.
+        next_run_time=datetime.now(UTC),
     )
     return scheduler
 
