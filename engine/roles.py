@@ -6,6 +6,7 @@ import re
 
 from engine.errors import Forbidden, InvalidInput, UnknownStaff
 from engine.models import Staff
+from engine.validate import positive_id
 
 #: Day-to-day work a ``standard`` staff user may do.
 STANDARD_ACTIONS = frozenset(
@@ -52,6 +53,8 @@ def authorize(practice_id: int, by: str, action: str) -> str:
         raise InvalidInput(
             "actor must be 'staff:<id>' or 'system:<name>'", field="by", value=str(by)[:50]
         )
+    # Checked here, before the staff query: a huge or non-integer id must be refused, not crash the driver.
+    practice_id = positive_id(practice_id, field="practice_id")
     if match.group(3) == "system":
         if action not in SYSTEM_ACTIONS:
             raise Forbidden(f"system actors may not {action.replace('_', ' ')}", action=action)

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from engine import lookup
+from engine.errors import InvalidInput
 from engine.models import AuditEvent, Invitation, PortalAccess
 from workflows.invitation import LIVE_STATES
 
@@ -78,7 +79,7 @@ def timeline(practice_id: int, *, invitation_id: int | None = None, client_id: i
     elif client_id is not None:
         cond = AuditEvent.client == lookup.client(practice.id, client_id).id
     else:
-        raise TypeError("timeline needs invitation_id or client_id")
+        raise InvalidInput("timeline needs invitation_id or client_id", field="invitation_id")
     rows = AuditEvent.select().where(cond & (AuditEvent.practice == practice.id)).order_by(AuditEvent.id)
     return [
         {
