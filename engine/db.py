@@ -149,7 +149,8 @@ def _writers(path: str) -> _Writers:
     with _writer_queues_lock:
         queue = _writer_queues.get(key)
         if queue is None:
-            queue = _writer_queues[key] = _Writers(path, SQLITE_PRAGMAS["busy_timeout"] / 1000)
+            timeout_ms: Any = SQLITE_PRAGMAS["busy_timeout"]
+            queue = _writer_queues[key] = _Writers(path, timeout_ms / 1000)
         return queue
 
 

@@ -7,11 +7,13 @@ code base writes ``Invitation.state``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from engine.db import write
+from engine.db import db, insert_rows, is_postgres, write
 from engine.errors import Conflict, IllegalTransition
 from engine.models import AuditEvent, Invitation
 
@@ -112,6 +114,74 @@ def transition(
         )
     fresh: Invitation = Invitation.get_by_id(invitation.id)
     return fresh
+
+
+#: PostgreSQL types of the columns ``transition_many`` may set (the rest need no cast).
+_PG_CASTS = {"TIMESTAMP": "::timestamp", "INT": "::integer", "TEXT": "::text"}
+
+
+@dataclass(frozen=True)
+class Move:
+    """One invitation's part in ``transition_many``: the row as read, its other columns, its audit detail."""
+
+    invitation: Invitation
+    changes: dict[str, Any]
+    detail: dict[str, Any] | None = None
+
+
+def transition_many(moves: Sequence[Move], event: Event, *, actor: str, now: datetime) -> None:
+    """``transition`` for many invitations at once: the same guarded update for each row, sent as
+    one batch, and their audit rows in one insert.
+
+    Every row keeps its own compare-and-set on (id, state, version). If any row changed since it
+    was read, ``Conflict`` is raised and nothing is written; callers that lock the rows first
+    (``SELECT … FOR UPDATE``, or SQLite's ``BEGIN IMMEDIATE``) never see it. The moves must all
+    set the same columns (one statement serves them all).
+    """
+    if not moves:
+        return
+    columns = sorted(moves[0].changes)
+    to = None
+    for move in moves:
+        to = target(move.invitation.state, event)
+        if sorted(move.changes) != columns:
+            raise ValueError("transition_many needs the same columns in every move")
+    assert to is not None
+    if to in TERMINAL_STATES:
+        raise ValueError("transition_many moves live invitations only; terminal ones go one by one")
+    fields = [Invitation._meta.fields[name] for name in columns]
+    table, param = Invitation._meta.table_name, db.param
+    # One UPDATE … FROM (VALUES …) for the lot: a statement per row cost a round trip and a
+    # parse each on PostgreSQL. VALUES columns are column1, column2… on both databases; a
+    # VALUES list on PostgreSQL types its columns from the first row, hence the casts.
+    sets = "".join(
+        f', "{f.column_name}" = v.column{i + 4}{_PG_CASTS.get(f.field_type, "") if is_postgres() else ""}'
+        for i, f in enumerate(fields)
+    )
+    row = "(" + ", ".join([param] * (3 + len(fields))) + ")"
+    sql = (
+        f'UPDATE "{table}" SET "state" = {param}, "version" = "{table}"."version" + 1{sets}'
+        + f' FROM (VALUES {", ".join([row] * len(moves))}) AS v'
+        + f' WHERE "{table}"."id" = v.column1 AND "{table}"."state" = v.column2 AND "{table}"."version" = v.column3'
+        + f' RETURNING "{table}"."id"'
+    )
+    params: list[Any] = [to.value]
+    for m in moves:
+        params += [m.invitation.id, m.invitation.state, m.invitation.version]
+        params += [f.db_value(m.changes[f.name]) for f in fields]
+    with write():
+        updated = db.execute_sql(sql, params).fetchall()
+        if len(updated) != len(moves):
+            raise Conflict("invitations changed while we were working on them", count=len(moves))
+        insert_rows(
+            [AuditEvent.practice, AuditEvent.client, AuditEvent.invitation, AuditEvent.at, AuditEvent.actor,
+             AuditEvent.action, AuditEvent.from_state, AuditEvent.to_state, AuditEvent.detail],
+            [
+                (m.invitation.practice_id, m.invitation.client_id, m.invitation.id, now, actor, event.value,
+                 m.invitation.state, to.value, json.dumps(m.detail, sort_keys=True, default=str) if m.detail else None)
+                for m in moves
+            ],
+        )
 
 
 def diagram() -> str:

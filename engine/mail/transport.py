@@ -338,7 +338,9 @@ class SmtpTransport:
                 extra={"action": "smtp_failed", "message_id": message_id, "smtp_code": error.smtp_code},
             )
             raise error from exc
-        logger.info("email sent", extra={"action": "smtp_sent", "message_id": message_id})
+        # DEBUG: the step that sent it logs the email at INFO; a second line per email cost a
+        # quarter of a busy worker's throughput (logging's lock and write, bench/RESULTS.md).
+        logger.debug("email sent", extra={"action": "smtp_sent", "message_id": message_id})
 
     def close(self) -> None:
         """Quit every thread's connection (at shutdown, with no send running); a later send reconnects."""
