@@ -32,12 +32,16 @@ from typing import Any
 import pytest
 import redis
 from aiosmtpd.controller import Controller
+from dramatiq.middleware import Middleware
 
 from engine import clock as engine_clock
 from engine.db import db, init_db
 from engine.settings import Settings
 
 TEST_PG_DSN = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/invites_test")
+# Runs in parallel on one RabbitMQ need a vhost each (rabbitmqctl add_vhost), as they need a
+# PostgreSQL database each: the queue names are fixed.
+TEST_AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 IN_CI = bool(os.environ.get("CI"))
 START = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)  # a Tuesday, 10:00 UTC
 
@@ -164,8 +168,101 @@ def engine_runtime(base_settings: Settings, redis_client: redis.Redis) -> Iterat
     yield runtime.broker()
 
 
+@pytest.fixture(scope="session")
+def broker_backend(request: pytest.FixtureRequest) -> str:
+    """The broker a test runs on: Redis, unless the test module asks for both (``both_brokers``)."""
+    return str(getattr(request, "param", "redis"))
+
+
+def both_brokers() -> pytest.MarkDecorator:
+    """``pytestmark = both_brokers()``: the module's tests run on Redis and on RabbitMQ.
+
+    Redis on every database of ``TEST_DATABASES``; RabbitMQ on the first one only (SQLite by
+    default): the broker is what differs, and the suite stays fast.
+    """
+    combos = [(name, "redis") for name in _backends()] + [(_backends()[0], "rabbitmq")]
+    return pytest.mark.parametrize(
+        ("database_url", "broker_backend"), combos, indirect=True, ids=[f"{d}-{b}" for d, b in combos]
+    )
+
+
+class Outstanding(Middleware):
+    """Dramatiq middleware counting messages enqueued and not yet acked or nacked.
+
+    RabbitMQ's queue counts leave out the messages workers hold unacked, so ``broker.join``
+    cannot tell when the work is done; this count can (one process, no flush while it runs).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = threading.Condition()
+
+    def _add(self, n: int) -> None:
+        with self.changed:
+            self.count += n
+            self.changed.notify_all()
+
+    def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+        self._add(1)
+
+    def after_ack(self, broker: Any, message: Any) -> None:
+        self._add(-1)
+
+    after_nack = after_ack
+
+    def reset(self) -> None:
+        with self.changed:
+            self.count = 0
+
+    def wait(self, timeout_ms: int) -> None:
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.count <= 0, timeout=timeout_ms / 1000):
+                raise TimeoutError(f"{self.count} messages still outstanding after {timeout_ms} ms")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_broker(base_settings: Settings) -> Iterator[Any]:
+    """Our broker built for ``TEST_AMQP_URL``; the RabbitMQ half is skipped when it does not answer."""
+    import pika
+
+    from engine.broker import build_broker
+
+    params = pika.URLParameters(TEST_AMQP_URL)
+    params.connection_attempts, params.socket_timeout = 1, 3
+    try:
+        pika.BlockingConnection(params).close()
+    except pika.exceptions.AMQPError as exc:
+        if IN_CI:
+            pytest.fail(f"RabbitMQ is not reachable at {TEST_AMQP_URL}: {exc!r}")
+        pytest.skip(f"RabbitMQ is not reachable at {TEST_AMQP_URL} ({exc!r}): the RabbitMQ half is skipped")
+    rabbit = build_broker(Settings(**{**base_settings.__dict__, "broker_url": TEST_AMQP_URL}))
+    rabbit.outstanding = Outstanding()
+    rabbit.add_middleware(rabbit.outstanding)
+    yield rabbit
+    rabbit.close()
+
+
+@pytest.fixture(scope="session")
+def active_broker(engine_runtime: Any, broker_backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The broker of ``broker_backend`` with the actors bound to it (Redis again after)."""
+    if broker_backend == "redis":
+        yield engine_runtime
+        return
+    import dramatiq
+
+    from workflows import actors
+
+    rabbit = request.getfixturevalue("rabbitmq_broker")
+    actors.bind(rabbit)
+    dramatiq.set_broker(rabbit)
+    yield rabbit
+    actors.bind(engine_runtime)
+    dramatiq.set_broker(engine_runtime)
+    rabbit.close()  # an idle connection would be dropped by the server's heartbeat check later
+
+
 @pytest.fixture
-def broker(engine_runtime: Any, database_url: str, base_settings: Settings,
+def broker(active_broker: Any, database_url: str, base_settings: Settings,
            redis_client: redis.Redis) -> Iterator[Any]:
     """A clean database and broker for one test; yields the broker."""
     from engine import schema
@@ -179,8 +276,11 @@ def broker(engine_runtime: Any, database_url: str, base_settings: Settings,
     schema.drop_all()
     schema.upgrade()
     redis_client.flushdb()
-    yield engine_runtime
-    engine_runtime.flush_all()
+    if hasattr(active_broker, "outstanding"):
+        active_broker.flush_all()
+        active_broker.outstanding.reset()
+    yield active_broker
+    active_broker.flush_all()
     redis_client.flushdb()
     if not db.is_closed():
         db.close()
@@ -207,6 +307,10 @@ class RunningWorker:
         """Wait until every queue is empty and every in-flight message is done."""
         from engine.broker import QUEUES
 
+        if hasattr(self.broker, "outstanding"):  # RabbitMQ: its queue counts miss unacked messages
+            self.broker.outstanding.wait(timeout_ms)
+            self.worker.join()
+            return
         for _ in range(3):  # a step may enqueue a follow-up (retries, failure handler)
             for queue in QUEUES:
                 self.broker.join(queue, timeout=timeout_ms)

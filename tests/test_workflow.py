@@ -7,9 +7,11 @@ from datetime import timedelta
 import pytest
 
 import engine
-from tests.conftest import links, token_of
+from tests.conftest import both_brokers, links, token_of
 from workflows.actors import advance_invitation, enqueue_steps
 from workflows.sweep import sweep
+
+pytestmark = both_brokers()  # Redis on each database, and RabbitMQ
 
 
 def run_sweep(clock, worker) -> None:
