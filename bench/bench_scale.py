@@ -36,7 +36,7 @@ LOGS = common.CACHE / "logs"
 PROCESS_COUNTS = (1, 2)
 
 
-class AiosmtpdSink:
+class AiosmtpdSink(common.CountingSink):
     """The fallback sink: aiosmtpd in this process, counting accepted messages like ``SmtpSink``."""
 
     def __init__(self) -> None:
@@ -56,23 +56,6 @@ class AiosmtpdSink:
         self.port = common.free_port()
         self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
         self._controller.start()
-
-    @property
-    def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
-
-    def count(self) -> int:
-        with self._changed:
-            return self._count
-
-    def wait_for(self, n: int, timeout_s: float) -> float:
-        deadline = time.monotonic() + timeout_s
-        with self._changed:
-            while self._count < n:
-                if not self._changed.wait(min(max(deadline - time.monotonic(), 0), 0.05)) and \
-                        time.monotonic() > deadline:
-                    raise TimeoutError(f"aiosmtpd accepted {self._count} of {n} messages")
-        return time.perf_counter()
 
     def close(self) -> None:
         self._controller.stop()

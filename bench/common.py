@@ -137,7 +137,35 @@ def smtp_sink_binary() -> tuple[Path, Path]:
     return binary, libs
 
 
-class SmtpSink:
+class CountingSink:
+    """A local SMTP sink that counts accepted messages: ``port``, ``_count`` and ``_changed`` are
+    set by the subclass, which bumps the count under the condition and notifies."""
+
+    port: int
+    _count: int
+    _changed: threading.Condition
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def count(self) -> int:
+        with self._changed:
+            return self._count
+
+    def wait_for(self, n: int, timeout_s: float) -> float:
+        """Block until ``n`` messages in all were accepted; returns ``perf_counter()`` then."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self._count < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{type(self).__name__} accepted {self._count} of {n} messages")
+                self._changed.wait(min(left, 0.05))
+        return time.perf_counter()
+
+
+class SmtpSink(CountingSink):
     """Postfix's ``smtp-sink`` on a free port, with a live count of accepted messages.
 
     ``-c`` makes it print ``sess=… quit=… mesg=N`` after every message; a thread reads them.
@@ -170,25 +198,6 @@ class SmtpSink:
                     self._changed.notify_all()
             buffer = tail
             time.sleep(0.01)  # read in bulk: the counter needs no finer grain than 10 ms
-
-    @property
-    def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
-
-    def count(self) -> int:
-        with self._changed:
-            return self._count
-
-    def wait_for(self, n: int, timeout_s: float) -> float:
-        """Block until ``n`` messages in all were accepted; returns ``perf_counter()`` then."""
-        deadline = time.monotonic() + timeout_s
-        with self._changed:
-            while self._count < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"smtp-sink accepted {self._count} of {n} messages")
-                self._changed.wait(min(left, 0.05))
-        return time.perf_counter()
 
     def close(self) -> None:
         self._proc.terminate()
