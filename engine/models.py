@@ -68,13 +68,17 @@ class Client(BaseModel):
     """A customer profile of one practice (a pet parent, a patient)."""
 
     id = AutoField()
-    practice = ForeignKeyField(Practice, backref="clients", on_delete="CASCADE")
+    # Indexed with the id below: a mass invitation walks a practice's clients in id order.
+    practice = ForeignKeyField(Practice, backref="clients", on_delete="CASCADE", index=False)
     name = CharField(max_length=200)
     primary_email = CharField(max_length=320, null=True)
     #: Email/reminder notifications switched on: without it nothing is sent (P2).
     email_consent = BooleanField(default=False)
     created_at = UTCDateTimeField()
     updated_at = UTCDateTimeField()
+
+    class Meta:
+        indexes = ((("practice", "id"), False),)
 
 
 class PortalAccess(BaseModel):
@@ -177,9 +181,11 @@ class AuditEvent(BaseModel):
     """Who did what, when: the invitation's timeline and the practice's record (P17)."""
 
     id = AutoField()
-    practice = ForeignKeyField(Practice, on_delete="CASCADE")
+    # practice and invitation lead the two indexes below, which serve every lookup (and
+    # cascade) by either; an index of their own would only slow down each insert.
+    practice = ForeignKeyField(Practice, on_delete="CASCADE", index=False)
     client = ForeignKeyField(Client, null=True, on_delete="CASCADE")
-    invitation = ForeignKeyField(Invitation, null=True, on_delete="CASCADE")
+    invitation = ForeignKeyField(Invitation, null=True, on_delete="CASCADE", index=False)
     at = UTCDateTimeField()
     actor = CharField(max_length=100)  # staff:<id> | system:<name> | worker | scheduler | client
     action = CharField(max_length=40)

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 import engine
-from engine.models import Invitation
+from engine.models import Invitation, PortalAccess
 from tests.conftest import token_of
 from workflows.actors import enqueue_steps
 from workflows.sweep import sweep
@@ -54,7 +54,13 @@ def test_mass_invite_invites_everyone_eligible_and_says_who_was_skipped(practice
         [mail] = [m for m in sink.messages if m["To"].addresses[0].addr_spec == client.primary_email]
         assert engine.verify_token(practice.id, token_of(mail)).client_id == client.id
         timeline = engine.timeline(practice.id, client_id=client.id)
-        assert (admin, "invited") in [(e["actor"], e["action"]) for e in timeline]
+        [invited] = [e for e in timeline if e["action"] == "invited" and e["actor"] == admin]
+        assert invited["detail"] == {"kind": "invite", "mass": True, "to": client.primary_email}
+        # A new access row with the model's default permissions (PostgreSQL writes it in SQL).
+        access = PortalAccess.get(PortalAccess.client == client.id)
+        assert (access.practice_id, access.portal_email, access.disabled_at) == (practice.id, None, None)
+        assert (access.can_request_appointments, access.can_message, access.can_view_billing, access.can_pay) == (
+            True, True, False, False)
     assert len(sink.messages) == 8
     assert engine.portal_status(practice.id, skipped["disabled"].id).status == "disabled"
     # The reminders follow as for any invitation (the nine live ones: eight new, one from before).
