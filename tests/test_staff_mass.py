@@ -93,6 +93,9 @@ def test_mass_invite_is_for_admins_with_the_portal_on(practice, client_factory, 
     admin = f"staff:{practice.admin.id}"
     with pytest.raises(engine.InvalidInput):
         engine.mass_invite(practice.id, by=admin, batch_size=0)
+    with pytest.raises(engine.InvalidInput) as bad:
+        engine.mass_invite(practice.id, by=admin, writers=0)
+    assert bad.value.code == "invalid_input"
     engine.set_portal_enabled(practice.id, False, by=admin)
     with pytest.raises(engine.PortalOff):
         engine.mass_invite(practice.id, by=admin)
@@ -117,10 +120,10 @@ def test_mass_invite_racing_a_single_invite_invites_once(practice, client_factor
         with connection():
             engine.invite(practice.id, clients[1].id, by=staff_by)
 
-    def stale_then_real(practice_id, *, after, limit):
+    def stale_then_real(practice_id, *, after, upto):
         # Another connection invites the second client right after the batch read its candidates:
         # the batch's insert then meets the database's one-live-invitation rule, and is redone.
-        rows = real(practice_id, after=after, limit=limit)
+        rows = real(practice_id, after=after, upto=upto)
         if not calls:
             other = threading.Thread(target=invite_elsewhere)
             other.start()
@@ -135,3 +138,44 @@ def test_mass_invite_racing_a_single_invite_invites_once(practice, client_factor
     assert (report.invited, report.skipped["already_active"]) == (2, 1)
     assert len(sink.messages) == 3
     assert Invitation.select().count() == 3
+
+
+@pytest.mark.parametrize("writers", [1, 3])
+def test_mass_invite_in_parallel_batches_invites_each_client_once_in_order(practice, client_factory, clock, worker,
+                                                                           sink, writers):
+    # 45 clients in batches of 2: the ids are read 40 at a time, so the walk crosses a read,
+    # and with three writers the batches commit out of order; the report still follows them.
+    clients = [client_factory(email=f"p{i}@example.test") for i in range(45)]
+    seen: list[int] = []
+    report = engine.mass_invite(practice.id, by=f"staff:{practice.admin.id}", batch_size=2, writers=writers,
+                                progress=lambda done, total: seen.append(done))
+    worker.drain()
+    assert (report.clients, report.invited, report.enqueued, report.batches) == (45, 45, 45, 23)
+    assert seen == [*range(2, 45, 2), 45]
+    assert sorted(i.client_id for i in Invitation.select()) == sorted(c.id for c in clients)
+    assert sorted(m["To"].addresses[0].addr_spec for m in sink.messages) == sorted(c.primary_email for c in clients)
+
+
+def test_mass_invite_stops_when_the_portal_is_switched_off_midway(practice, client_factory, clock, worker, sink,
+                                                                  monkeypatch):
+    from engine import mass
+
+    clients = [client_factory() for _ in range(6)]
+    admin = f"staff:{practice.admin.id}"
+    real = mass._run_batch
+    batches: list[int] = []
+
+    def then_switch_off(*args, **kwargs):
+        batch = real(*args, **kwargs)
+        batches.append(batch.examined)
+        if len(batches) == 1:
+            engine.set_portal_enabled(practice.id, False, by=admin)
+        return batch
+
+    monkeypatch.setattr(mass, "_run_batch", then_switch_off)
+    with pytest.raises(engine.PortalOff) as refused:
+        engine.mass_invite(practice.id, by=admin, batch_size=2, writers=1)
+    assert refused.value.code == "portal_off"
+    worker.drain()
+    # The first batch had committed and keeps its two invitations; nobody after it was invited.
+    assert sorted(i.client_id for i in Invitation.select()) == [clients[0].id, clients[1].id]
