@@ -151,7 +151,8 @@ def _mass_invite(args: argparse.Namespace) -> None:
 
     bar = None if args.no_progress else ProgressBar()
     try:
-        report = mass_invite(args.practice, by=args.by, batch_size=args.batch_size, progress=bar)
+        report = mass_invite(args.practice, by=args.by, batch_size=args.batch_size, progress=bar,
+                             writers=args.writers)
     finally:
         if bar is not None:
             bar.close()
@@ -283,6 +284,8 @@ def register(sub: Any) -> None:
                        "or signed in) and disabled, and says how many. Safe to run again.")
     p.add_argument("practice", type=int)
     p.add_argument("--batch-size", type=int, default=1000, help="clients per batch (default 1000)")
+    p.add_argument("--writers", type=int, default=None,
+                   help="batches written at once (default 2 on PostgreSQL, 1 on SQLite)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_by(p)
     add_json(p)

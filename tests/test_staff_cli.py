@@ -110,7 +110,7 @@ def test_cli_mass_invite_with_progress_and_views(run, practice, client_factory, 
     client_factory(email=None)
     code, _, err = run("mass-invite", practice.id, "--by", staff_by)
     assert code == 1 and "(forbidden)" in err
-    code, out, err = run("mass-invite", practice.id, "--batch-size", "2", "--by", admin)
+    code, out, err = run("mass-invite", practice.id, "--batch-size", "2", "--writers", "2", "--by", admin)
     worker.drain()
     assert code == 0
     assert re.fullmatch(r"invited 5 of 6 clients in 3 batches \(\d+\.\d s\); skipped: 1 no email", out.strip())
