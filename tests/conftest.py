@@ -253,6 +253,10 @@ def active_broker(engine_runtime: Any, broker_backend: str, request: pytest.Fixt
     from workflows import actors
 
     rabbit = request.getfixturevalue("rabbitmq_broker")
+    # This thread's connection was closed when the last RabbitMQ module ended, or, idle since,
+    # dropped by the server's heartbeat check (pika sends heartbeats only while it is called):
+    # forget it, and the next use opens a new one.
+    del rabbit.connection
     actors.bind(rabbit)
     dramatiq.set_broker(rabbit)
     yield rabbit
