@@ -242,6 +242,12 @@ def _mailbox(name: str, display_name: str, address: str) -> str:
     return f"{line}{sep}<{address}>"
 
 
+@lru_cache(maxsize=64)
+def _date_header(date: datetime) -> str:
+    # A batch's messages share their date (its "now"): format_datetime took 3 % of a worker's CPU.
+    return format_datetime(date)
+
+
 def _body(subtype: str, content: str) -> tuple[bytes, bool]:
     """One MIME part (headers and body); the flag says whether the body went out as raw 7-bit.
 
@@ -308,7 +314,7 @@ def build_message(
             _mailbox("From", from_name, from_email),
             _mailbox("To", name, to_email),
             _unstructured("Subject", subject),
-            f"Date: {format_datetime(date)}",
+            f"Date: {_date_header(date)}",
             f"Message-ID: {message_id}",
             "MIME-Version: 1.0",
             f'Content-Type: multipart/alternative;{_CRLF} boundary="{boundary}"',
