@@ -71,7 +71,9 @@ def portal_status(practice_id: int, client_id: int) -> PortalStatus:
     )
 
 
-def timeline(practice_id: int, *, invitation_id: int | None = None, client_id: int | None = None) -> list[dict[str, Any]]:
+def timeline(
+    practice_id: int, *, invitation_id: int | None = None, client_id: int | None = None
+) -> list[dict[str, Any]]:
     """Audit events of one invitation, or of every invitation and action of one client."""
     practice = lookup.practice(practice_id)
     if invitation_id is not None:
