@@ -1,11 +1,12 @@
 """Mass invitation (admin): invite every client who can be invited and is not yet, in batches.
 
-Built for practices with a hundred thousand clients: each batch is one query to load its
-candidates (clients with their access row and live invitation joined in), one transaction of
-multi-row inserts (access rows, invitations, their audit rows), then the nudges after the
-commit. Clients are walked in id order with a keyset, so a batch costs the same at the end as
-at the start. Running it twice invites nobody twice: the second run finds
-everyone it invited ``already_active``.
+Built for practices with a hundred thousand clients and more. The clients are cut into
+ranges of consecutive ids (a keyset walk, so a batch costs the same at the end as at the
+start); each range is one transaction: one query reads its clients with their access row and
+live invitation, the database builds the access rows, invitations and audit rows from the
+batch sent as one value, and the nudges go after the commit. On PostgreSQL two ranges are
+written at once. Running it twice invites nobody twice: the second run finds everyone it
+invited ``already_active``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class _Batch:
 
 
 #: Batches in flight at once on PostgreSQL, each in its own transaction on its own connection.
-#: The server's part of a batch (seven foreign-key checks and twelve index entries per
+#: The server's part of a batch (seven foreign-key checks and eleven index entries per
 #: invitation) is most of its time, and a second backend does it on another core. SQLite lets
 #: one writer in at a time, so there the batches go one after another.
 POSTGRES_WRITERS = 2
