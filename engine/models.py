@@ -140,7 +140,7 @@ class Token(BaseModel):
 
     id = AutoField()
     practice = ForeignKeyField(Practice, on_delete="CASCADE")
-    client = ForeignKeyField(Client, on_delete="CASCADE")
+    client = ForeignKeyField(Client, on_delete="CASCADE", index=False)  # leads (client, purpose) below
     invitation = ForeignKeyField(Invitation, null=True, on_delete="CASCADE")
     purpose = CharField(max_length=16)  # invite | reset
     token_hash = CharField(max_length=64, unique=True)
