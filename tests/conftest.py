@@ -21,7 +21,6 @@ os.environ.update(
 
 import email
 import email.policy
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from dramatiq.middleware import Middleware
 from engine import clock as engine_clock
 from engine.db import db, init_db
 from engine.settings import Settings
+from tests.faults import free_port
 
 TEST_PG_DSN = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/invites_test")
 # Runs in parallel on one RabbitMQ need a vhost each (rabbitmqctl add_vhost), as they need a
@@ -77,16 +77,10 @@ class SinkHandler:
             return [m for m in self.messages if m["To"].addresses[0].addr_spec == address]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def smtp_server() -> Iterator[tuple[SinkHandler, int]]:
     handler = SinkHandler()
-    port = _free_port()
+    port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     yield handler, port

@@ -22,6 +22,8 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from engine.mail import SmtpTransport
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
 
@@ -131,6 +133,67 @@ def run_smtp(handler: Any, port: int | None = None) -> Iterator[int]:
         yield port
     finally:
         controller.stop()
+
+
+class RecordingSink:
+    """An aiosmtpd handler that keeps the messages it accepts and refuses on demand.
+
+    RCPT to ``nobody@…`` is refused for good (550) and DATA for ``later@…`` for now (451);
+    ``mail_reply`` / ``data_reply``, when set, answer every MAIL / DATA. ``pipelining`` adds
+    PIPELINING (RFC 2920) to the EHLO reply, which aiosmtpd does not offer by itself.
+    """
+
+    def __init__(self, *, pipelining: bool = False) -> None:
+        self.pipelining = pipelining
+        self.received: list[tuple[Any, bytes]] = []  # (the client's address, the message)
+        self.recipients: list[str] = []
+        self.mail_reply: str | None = None
+        self.data_reply: str | None = None
+        self.lock = threading.Lock()
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if address.startswith("nobody@"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_reply:
+            return self.data_reply
+        if envelope.rcpt_tos[0].startswith("later@"):
+            return "451 4.3.0 try again later"
+        with self.lock:
+            self.received.append((session.peer, envelope.original_content))
+            self.recipients.extend(envelope.rcpt_tos)
+        return "250 2.0.0 OK"
+
+    def peers(self) -> list[Any]:
+        with self.lock:
+            return [peer for peer, _ in self.received]
+
+
+@contextmanager
+def smtp_transport(handler: Any) -> Iterator[SmtpTransport]:
+    """Our SMTP transport talking to ``handler`` run as a server; closed after."""
+    with run_smtp(handler) as port:
+        transport = SmtpTransport(f"smtp://127.0.0.1:{port}", timeout_s=5)
+        try:
+            yield transport
+        finally:
+            transport.close()
 
 
 @contextmanager

@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 import engine
 from engine.db import db, insert_rows, write
@@ -21,40 +20,17 @@ from engine.errors import TransientDeliveryError
 from engine.mail import SmtpTransport, Transport
 from engine.models import AuditEvent, Client, Invitation, OutboxEmail, PortalAccess, Practice, Token
 from engine.settings import get_settings
-from tests.conftest import _free_port, links
+from tests.conftest import links
+from tests.faults import RecordingSink, smtp_transport
 from workflows import steps
 
 
-class Picky:
-    """An SMTP sink that refuses some recipients: ``nobody@`` for good, ``later@`` for now."""
-
-    def __init__(self) -> None:
-        self.received: list[str] = []
-        self.lock = threading.Lock()
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
-        if address.startswith("nobody@"):
-            return "550 5.1.1 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if envelope.rcpt_tos[0].startswith("later@"):
-            return "451 4.3.0 try again later"
-        with self.lock:
-            self.received.extend(envelope.rcpt_tos)
-        return "250 2.0.0 OK"
-
-
 @pytest.fixture
-def picky() -> Iterator[tuple[Picky, SmtpTransport]]:
-    handler, port = Picky(), _free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    transport = SmtpTransport(f"smtp://127.0.0.1:{port}", timeout_s=5)
-    yield handler, transport
-    transport.close()
-    controller.stop()
+def picky() -> Iterator[tuple[RecordingSink, SmtpTransport]]:
+    """An SMTP sink that refuses some recipients: ``nobody@`` for good, ``later@`` for now."""
+    handler = RecordingSink()
+    with smtp_transport(handler) as transport:
+        yield handler, transport
 
 
 def _invite(practice: Any, client_factory: Any, staff_by: str, *emails: str) -> list[int]:
@@ -116,7 +92,7 @@ def test_w2_a_refused_or_deferred_email_does_not_hold_back_the_rest_of_its_batch
     assert (row.status, row.attempts) == ("pending", 1) and "451" in row.last_error
     held = Invitation.get_by_id(later)
     assert held.state == "queued" and held.lease_until > clock.now()
-    assert handler.received == ["ok@example.test"]
+    assert handler.recipients == ["ok@example.test"]
 
     # The retry (to a mailbox that now accepts) finds the same outbox row and sends it.
     Client.update(primary_email="later-ok@example.test").where(Client.id == held.client_id).execute()

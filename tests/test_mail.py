@@ -11,7 +11,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import formataddr
@@ -40,6 +39,7 @@ from engine.mail import (
     validate_address,
 )
 from engine.settings import Settings
+from tests.faults import RecordingSink, free_port, run_smtp
 
 DATE = datetime(2026, 11, 30, 15, 30, tzinfo=UTC)
 HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type")
@@ -457,48 +457,11 @@ def test_open_transport_follows_mail_url(tmp_path: Path) -> None:
 # --- delivery: SMTP ---------------------------------------------------------------------------
 
 
-@dataclass
-class Sink:
-    """An aiosmtpd handler that records what arrives and can refuse on demand."""
-
-    received: list[tuple[Any, bytes]] = field(default_factory=list)
-    data_reply: str | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
-        if address.startswith("nobody@"):
-            return "550 5.1.1 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.data_reply:
-            return self.data_reply
-        with self.lock:
-            self.received.append((session.peer, envelope.original_content))
-        return "250 2.0.0 OK"
-
-    def peers(self) -> list[Any]:
-        with self.lock:
-            return [peer for peer, _ in self.received]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
-def mail_sink() -> Iterator[tuple[Sink, int]]:
-    handler = Sink()
-    port = _free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+def mail_sink() -> Iterator[tuple[RecordingSink, int]]:
+    handler = RecordingSink()
+    with run_smtp(handler) as port:
         yield handler, port
-    finally:
-        controller.stop()
 
 
 @pytest.fixture(scope="module")
@@ -520,7 +483,7 @@ def _send(transport: SmtpTransport, to_addr: str = "jane@example.com", n: int = 
     return raw
 
 
-def test_smtp_delivers_and_reuses_one_connection(mail_sink: tuple[Sink, int]) -> None:
+def test_smtp_delivers_and_reuses_one_connection(mail_sink: tuple[RecordingSink, int]) -> None:
     sink, port = mail_sink
     transport = SmtpTransport(f"smtp://127.0.0.1:{port}", timeout_s=5)
     try:
@@ -532,7 +495,7 @@ def test_smtp_delivers_and_reuses_one_connection(mail_sink: tuple[Sink, int]) ->
     assert len(set(sink.peers())) == 1
 
 
-def test_smtp_recycles_checks_idle_and_survives_a_dropped_connection(mail_sink: tuple[Sink, int]) -> None:
+def test_smtp_recycles_checks_idle_and_survives_a_dropped_connection(mail_sink: tuple[RecordingSink, int]) -> None:
     sink, port = mail_sink
     transport = SmtpTransport(f"smtp://127.0.0.1:{port}", timeout_s=5)
     transport.max_messages_per_connection = 3
@@ -555,7 +518,7 @@ def test_smtp_recycles_checks_idle_and_survives_a_dropped_connection(mail_sink: 
     assert len({a, b, c, d}) == 4
 
 
-def test_smtp_connections_are_per_thread(mail_sink: tuple[Sink, int]) -> None:
+def test_smtp_connections_are_per_thread(mail_sink: tuple[RecordingSink, int]) -> None:
     sink, port = mail_sink
     transport = SmtpTransport(f"smtp://127.0.0.1:{port}", timeout_s=5)
     threads = [
@@ -580,7 +543,7 @@ def test_smtp_connections_are_per_thread(mail_sink: tuple[Sink, int]) -> None:
     ],
 )
 def test_smtp_replies_are_classified(
-    mail_sink: tuple[Sink, int], reply: str, error: type[Exception], code: int
+    mail_sink: tuple[RecordingSink, int], reply: str, error: type[Exception], code: int
 ) -> None:
     sink, port = mail_sink
     transport = SmtpTransport(f"smtp://127.0.0.1:{port}", timeout_s=5)
@@ -597,7 +560,7 @@ def test_smtp_replies_are_classified(
     assert len(sink.received) == 1
 
 
-def test_refused_recipient_is_permanent(mail_sink: tuple[Sink, int]) -> None:
+def test_refused_recipient_is_permanent(mail_sink: tuple[RecordingSink, int]) -> None:
     sink, port = mail_sink
     transport = SmtpTransport(f"smtp://127.0.0.1:{port}", timeout_s=5)
     try:
@@ -625,13 +588,13 @@ def test_a_server_that_never_answers_times_out_as_transient() -> None:
 
 
 def test_connection_refused_is_transient() -> None:
-    transport = SmtpTransport(f"smtp://127.0.0.1:{_free_port()}", timeout_s=1)
+    transport = SmtpTransport(f"smtp://127.0.0.1:{free_port()}", timeout_s=1)
 
     with pytest.raises(TransientDeliveryError):
         _send(transport)
 
 
-def test_starttls_is_required_never_skipped(mail_sink: tuple[Sink, int]) -> None:
+def test_starttls_is_required_never_skipped(mail_sink: tuple[RecordingSink, int]) -> None:
     sink, port = mail_sink  # this server does not offer STARTTLS
     transport = SmtpTransport(f"smtp+starttls://127.0.0.1:{port}", timeout_s=5)
 
@@ -654,7 +617,7 @@ def test_starttls_verifies_the_certificate_and_logs_in_without_leaking_the_passw
         logins.append((data.login, data.password))
         return AuthResult(success=data.password == b"s3cret!")
 
-    sink, port = Sink(), _free_port()
+    sink, port = RecordingSink(), free_port()
     controller = Controller(
         sink,
         hostname="127.0.0.1",
@@ -685,7 +648,7 @@ def test_smtps_verifies_the_certificate(certificate: tuple[Path, Path]) -> None:
     cert, key = certificate
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
-    sink, port = Sink(), _free_port()
+    sink, port = RecordingSink(), free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=port, ssl_context=server_tls)
     controller.start()
     try:

@@ -29,7 +29,8 @@ from engine.broker import QUEUE
 from engine.clock import SystemClock
 from engine.db import connection, init_db
 from engine.settings import get_settings
-from tests.conftest import RunningWorker, _free_port, links, token_of
+from tests.conftest import RunningWorker, links, token_of
+from tests.faults import free_port
 from workflows.actors import advance_invitation, enqueue_steps
 from workflows.sweep import sweep
 
@@ -306,7 +307,7 @@ def test_metrics_say_when_the_broker_is_down(broker, clock):
     from engine.broker import build_broker
     from engine.settings import Settings
 
-    dead = build_broker(Settings(**{**get_settings().__dict__, "broker_url": f"redis://127.0.0.1:{_free_port()}/0"}))
+    dead = build_broker(Settings(**{**get_settings().__dict__, "broker_url": f"redis://127.0.0.1:{free_port()}/0"}))
     assert isinstance(dead.client, redis.Redis)
     families = scrape(metrics.registry(broker=lambda: dead, now=clock.now, dramatiq_dir="/nonexistent"))
     assert sample(families["invites_up"], "invites_up", component="broker") == 0
@@ -321,7 +322,7 @@ def test_dramatiq_metrics_from_a_worker_run_by_the_dramatiq_command(engine_runti
     init_db(f"sqlite:///{tmp_path / 'scrape.db'}")
     with connection():
         schema.upgrade()
-    prom_dir, port = tmp_path / "prom", _free_port()
+    prom_dir, port = tmp_path / "prom", free_port()
     prom_dir.mkdir()
     env = {
         **os.environ,

@@ -4,64 +4,24 @@ second, every reply still checked, and refusals classified as without pipelining
 from __future__ import annotations
 
 import smtplib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from engine.errors import PermanentDeliveryError, TransientDeliveryError
 from engine.mail import SmtpTransport
-from tests.conftest import _free_port
+from tests.faults import RecordingSink, smtp_transport
 
 SENDER = "no-reply@portal.example"
 
 
-class PipeliningSink:
-    """aiosmtpd advertising PIPELINING, recording each message's bytes and the reads it took."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[Any, bytes]] = []
-        self.mail_reply: str | None = None
-        self.data_reply: str | None = None
-        self.lock = threading.Lock()
-
-    async def handle_EHLO(
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
-    ) -> list[str]:
-        session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
-
-    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
-        if self.mail_reply:
-            return self.mail_reply
-        envelope.mail_from = address
-        return "250 OK"
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
-        if address.startswith("nobody@"):
-            return "550 5.1.1 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.data_reply:
-            return self.data_reply
-        with self.lock:
-            self.received.append((session.peer, envelope.original_content))
-        return "250 2.0.0 OK"
-
-
 @pytest.fixture
-def sink() -> Iterator[tuple[PipeliningSink, SmtpTransport]]:
-    handler, port = PipeliningSink(), _free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    transport = SmtpTransport(f"smtp://127.0.0.1:{port}", timeout_s=5)
-    yield handler, transport
-    transport.close()
-    controller.stop()
+def sink() -> Iterator[tuple[RecordingSink, SmtpTransport]]:
+    """aiosmtpd advertising PIPELINING, recording each message's bytes."""
+    handler = RecordingSink(pipelining=True)
+    with smtp_transport(handler) as transport:
+        yield handler, transport
 
 
 @pytest.fixture
