@@ -274,7 +274,8 @@ def _write(practice_id: int, chosen: list[tuple[int, str, bool]], *, actor: str,
     params: dict[str, Any] = {
         "practice": practice_id, "now": Invitation.created_at.db_value(now), "actor": actor,
         "lease_until": Invitation.lease_until.db_value(lease_until), "queued": State.QUEUED.value,
-        **{f"default_{f.name}": f.db_value(f.default) for f in _ACCESS_DEFAULTS},
+        **{f"default_{f.name}": f.db_value(f.default() if callable(f.default) else f.default)
+           for f in _ACCESS_DEFAULTS},
     }
     if is_postgres():
         params.update(clients=[client_id for client_id, _, _ in chosen], emails=[a for _, a, _ in chosen],
@@ -314,6 +315,8 @@ _AUDIT_SQL = (
 
 
 class _Params(dict[str, str]):
+    """Placeholders in the driver's style: ``p["now"]`` is ``%(now)s`` (psycopg2) or ``:now`` (sqlite3)."""
+
     def __init__(self, style: str) -> None:
         super().__init__()
         self.style = style
