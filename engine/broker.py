@@ -29,13 +29,13 @@ class DatabaseConnections(Middleware):
     for ever, and a server-side disconnect would surface as an error on the next message.
     """
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         db.connect(reuse_if_open=True)
 
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: dramatiq.MessageProxy,
         *,
         result: object = None,
         exception: BaseException | None = None,

@@ -163,9 +163,9 @@ def _ranges(practice_id: int, *, size: int) -> Iterator[tuple[int, int]]:
     fewer), from ids read twenty ranges at a time."""
     after = 0
     while True:
-        ids = [client_id for (client_id,) in Client.select(Client.id)
-               .where((Client.practice == practice_id) & (Client.id > after))
-               .order_by(Client.id).limit(size * 20).tuples()]
+        query: Any = (Client.select(Client.id).where((Client.practice == practice_id) & (Client.id > after))
+                      .order_by(Client.id).limit(size * 20).tuples())
+        ids = [int(client_id) for (client_id,) in query]
         for start in range(0, len(ids), size):
             upto = ids[min(start + size, len(ids)) - 1]
             yield after, upto

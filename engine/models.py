@@ -57,6 +57,8 @@ class Staff(BaseModel):
 
     id = AutoField()
     practice = ForeignKeyField(Practice, backref="staff", on_delete="CASCADE")
+    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
+    practice_id: int
     name = CharField(max_length=200)
     email = CharField(max_length=320)
     role = CharField(max_length=16)  # standard | admin
@@ -70,6 +72,8 @@ class Client(BaseModel):
     id = AutoField()
     # Indexed with the id below: a mass invitation walks a practice's clients in id order.
     practice = ForeignKeyField(Practice, backref="clients", on_delete="CASCADE", index=False)
+    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
+    practice_id: int
     name = CharField(max_length=200)
     primary_email = CharField(max_length=320, null=True)
     #: Email/reminder notifications switched on: without it nothing is sent (P2).
@@ -86,6 +90,9 @@ class PortalAccess(BaseModel):
 
     client = ForeignKeyField(Client, primary_key=True, backref="access", on_delete="CASCADE")
     practice = ForeignKeyField(Practice, on_delete="CASCADE")
+    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
+    client_id: int
+    practice_id: int
     portal_email = CharField(max_length=320, null=True)
     can_request_appointments = BooleanField(default=True)
     can_message = BooleanField(default=True)
@@ -105,6 +112,9 @@ class Invitation(BaseModel):
     id = AutoField()
     practice = ForeignKeyField(Practice, on_delete="CASCADE")
     client = ForeignKeyField(Client, backref="invitations", on_delete="CASCADE")
+    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
+    practice_id: int
+    client_id: int
     email = CharField(max_length=320)
     #: Only ``workflows.invitation.transition`` writes these two.
     state = CharField(max_length=16)
@@ -142,6 +152,10 @@ class Token(BaseModel):
     practice = ForeignKeyField(Practice, on_delete="CASCADE")
     client = ForeignKeyField(Client, on_delete="CASCADE", index=False)  # leads (client, purpose) below
     invitation = ForeignKeyField(Invitation, null=True, on_delete="CASCADE")
+    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
+    practice_id: int
+    client_id: int
+    invitation_id: int | None
     purpose = CharField(max_length=16)  # invite | reset
     token_hash = CharField(max_length=64, unique=True)
     created_at = UTCDateTimeField()
@@ -161,6 +175,10 @@ class OutboxEmail(BaseModel):
     practice = ForeignKeyField(Practice, on_delete="CASCADE")
     client = ForeignKeyField(Client, on_delete="CASCADE")
     invitation = ForeignKeyField(Invitation, null=True, on_delete="CASCADE")
+    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
+    practice_id: int
+    client_id: int
+    invitation_id: int | None
     #: Unique per (invitation, step): a redelivered step finds its row and sends nothing new.
     dedupe_key = CharField(max_length=100, unique=True)
     kind = CharField(max_length=16)  # invitation | reminder | reset
@@ -186,6 +204,10 @@ class AuditEvent(BaseModel):
     practice = ForeignKeyField(Practice, on_delete="CASCADE", index=False)
     client = ForeignKeyField(Client, null=True, on_delete="CASCADE")
     invitation = ForeignKeyField(Invitation, null=True, on_delete="CASCADE", index=False)
+    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
+    practice_id: int
+    client_id: int | None
+    invitation_id: int | None
     at = UTCDateTimeField()
     actor = CharField(max_length=100)  # staff:<id> | system:<name> | worker | scheduler | client
     action = CharField(max_length=40)
@@ -205,6 +227,9 @@ class IdempotencyKey(BaseModel):
     key = CharField(max_length=255)
     request_hash = CharField(max_length=64)
     invitation = ForeignKeyField(Invitation, null=True, on_delete="CASCADE")
+    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
+    practice_id: int
+    invitation_id: int | None
     created_at = UTCDateTimeField()
     expires_at = UTCDateTimeField()
 
