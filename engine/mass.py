@@ -19,16 +19,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import peewee
 from peewee import Case, Field, Select
 
-from engine import audit, clock, lookup, roles
+from engine import audit, clock, lookup, roles, validate
 from engine.db import connection, db, is_postgres, write
-from engine.errors import InvalidInput, PortalOff
+from engine.errors import PortalOff
 from engine.invitations import nudge
 from engine.models import Client, Invitation, PortalAccess, Practice
 from engine.settings import get_settings
@@ -101,11 +101,9 @@ def mass_invite(
     """
     now = now or clock.now()
     actor = roles.authorize(practice_id, by, "mass_invite")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
-        raise InvalidInput("batch_size must be between 1 and 10000", field="batch_size")
-    writers = writers if writers is not None else POSTGRES_WRITERS if is_postgres() else 1
-    if isinstance(writers, bool) or not isinstance(writers, int) or not 1 <= writers <= 16:
-        raise InvalidInput("writers must be between 1 and 16", field="writers")
+    batch_size = validate.int_between(batch_size, 1, 10_000, field="batch_size")
+    writers = validate.int_between(
+        writers if writers is not None else POSTGRES_WRITERS if is_postgres() else 1, 1, 16, field="writers")
     started = time.perf_counter()
     practice = lookup.practice(practice_id)
     if not practice.portal_enabled:
@@ -180,16 +178,14 @@ def _run_batch(practice_id: int, *, after: int, upto: int, actor: str, now: date
         for attempt in (1, 2):
             try:
                 with write():
-                    invitation_ids, examined, skipped = _batch(practice_id, after=after, upto=upto, actor=actor,
-                                                               now=now)
+                    batch = _batch(practice_id, after=after, upto=upto, actor=actor, now=now)
                 break
             except peewee.IntegrityError:
                 # Someone invited one of these clients meanwhile: the second pass sees it as active.
                 if attempt == 2:
                     raise
         # After the commit; a nudge that does not reach the broker is re-sent by the sweep.
-        enqueued = nudge(invitation_ids) if invitation_ids else 0
-    return _Batch(examined, invitation_ids, skipped, enqueued)
+        return replace(batch, enqueued=nudge(batch.invitation_ids) if batch.invitation_ids else 0)
 
 
 class _Candidate(NamedTuple):
@@ -241,9 +237,8 @@ def _reason(client: _Candidate) -> str | None:
     return None
 
 
-def _batch(practice_id: int, *, after: int, upto: int, actor: str,
-           now: datetime) -> tuple[list[int], int, dict[str, int]]:
-    """Inside a transaction: invite the eligible clients of one range; (invitation ids, clients, skips)."""
+def _batch(practice_id: int, *, after: int, upto: int, actor: str, now: datetime) -> _Batch:
+    """Inside a transaction: invite the eligible clients of one range (not nudged yet)."""
     if not Practice.get_by_id(practice_id).portal_enabled:
         raise PortalOff("the client portal was switched off during the mass invitation")
     rows = _candidates(practice_id, after=after, upto=upto)
@@ -256,7 +251,7 @@ def _batch(practice_id: int, *, after: int, upto: int, actor: str,
         else:
             skipped[reason] += 1
     invitation_ids = _write(practice_id, chosen, actor=actor, now=now) if chosen else []
-    return invitation_ids, len(rows), skipped
+    return _Batch(len(rows), invitation_ids, skipped, enqueued=0)
 
 
 def _write(practice_id: int, chosen: list[tuple[int, str, bool]], *, actor: str, now: datetime) -> list[int]:

@@ -21,6 +21,9 @@ DEFAULT_LIFETIME_S = 14 * 86_400
 
 
 class BaseModel(Model):
+    """Each model declares, after its foreign keys, the ``<name>_id`` attributes Peewee adds
+    beside them (annotations only, for type checkers)."""
+
     class Meta:
         database = db
         legacy_table_names = False
@@ -57,7 +60,6 @@ class Staff(BaseModel):
 
     id = AutoField()
     practice = ForeignKeyField(Practice, backref="staff", on_delete="CASCADE")
-    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
     practice_id: int
     name = CharField(max_length=200)
     email = CharField(max_length=320)
@@ -72,7 +74,6 @@ class Client(BaseModel):
     id = AutoField()
     # Indexed with the id below: a mass invitation walks a practice's clients in id order.
     practice = ForeignKeyField(Practice, backref="clients", on_delete="CASCADE", index=False)
-    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
     practice_id: int
     name = CharField(max_length=200)
     primary_email = CharField(max_length=320, null=True)
@@ -90,7 +91,6 @@ class PortalAccess(BaseModel):
 
     client = ForeignKeyField(Client, primary_key=True, backref="access", on_delete="CASCADE")
     practice = ForeignKeyField(Practice, on_delete="CASCADE")
-    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
     client_id: int
     practice_id: int
     portal_email = CharField(max_length=320, null=True)
@@ -112,7 +112,6 @@ class Invitation(BaseModel):
     id = AutoField()
     practice = ForeignKeyField(Practice, on_delete="CASCADE")
     client = ForeignKeyField(Client, backref="invitations", on_delete="CASCADE")
-    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
     practice_id: int
     client_id: int
     email = CharField(max_length=320)
@@ -152,7 +151,6 @@ class Token(BaseModel):
     practice = ForeignKeyField(Practice, on_delete="CASCADE")
     client = ForeignKeyField(Client, on_delete="CASCADE", index=False)  # leads (client, purpose) below
     invitation = ForeignKeyField(Invitation, null=True, on_delete="CASCADE")
-    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
     practice_id: int
     client_id: int
     invitation_id: int | None
@@ -175,7 +173,6 @@ class OutboxEmail(BaseModel):
     practice = ForeignKeyField(Practice, on_delete="CASCADE")
     client = ForeignKeyField(Client, on_delete="CASCADE")
     invitation = ForeignKeyField(Invitation, null=True, on_delete="CASCADE")
-    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
     practice_id: int
     client_id: int
     invitation_id: int | None
@@ -204,7 +201,6 @@ class AuditEvent(BaseModel):
     practice = ForeignKeyField(Practice, on_delete="CASCADE", index=False)
     client = ForeignKeyField(Client, null=True, on_delete="CASCADE")
     invitation = ForeignKeyField(Invitation, null=True, on_delete="CASCADE", index=False)
-    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
     practice_id: int
     client_id: int | None
     invitation_id: int | None
@@ -227,7 +223,6 @@ class IdempotencyKey(BaseModel):
     key = CharField(max_length=255)
     request_hash = CharField(max_length=64)
     invitation = ForeignKeyField(Invitation, null=True, on_delete="CASCADE")
-    # The ids Peewee adds beside the foreign keys above, declared for type checkers.
     practice_id: int
     invitation_id: int | None
     created_at = UTCDateTimeField()

@@ -11,7 +11,7 @@ import peewee
 
 from engine import audit, clock, lookup, roles, validate
 from engine.db import write
-from engine.errors import AccessDisabled, InvalidInput
+from engine.errors import AccessDisabled
 from engine.invitations import nudge, open_invitation
 from engine.models import Invitation, PortalAccess
 
@@ -54,8 +54,7 @@ def share_documents(
     now = now or clock.now()
     actor = roles.authorize(practice_id, by, "share_documents")
     text = validate.message(message)
-    if isinstance(documents, bool) or not isinstance(documents, int) or not 1 <= documents <= MAX_DOCUMENTS:
-        raise InvalidInput(f"documents must be a count from 1 to {MAX_DOCUMENTS}", field="documents")
+    documents = validate.int_between(documents, 1, MAX_DOCUMENTS, field="documents")
     for attempt in (1, 2):
         try:
             with write():

@@ -40,6 +40,13 @@ def message(value: object | None) -> str | None:
     return text or None
 
 
+def int_between(value: object, low: int, high: int, *, field: str) -> int:
+    """An int (not a bool) from ``low`` to ``high``, or ``InvalidInput`` naming the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{field} must be between {low} and {high}", field=field)
+    return value
+
+
 def positive_id(value: object, *, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value > 2**62:
         raise InvalidInput(f"{field} must be a positive integer", field=field)

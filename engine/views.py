@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from peewee import JOIN, SQL, fn
 
-from engine import clock, lookup, roles
+from engine import clock, lookup, roles, validate
 from engine.errors import InvalidInput
 from engine.models import Client, Invitation, OutboxEmail, PortalAccess, Practice
 from workflows.invitation import LIVE_STATES, State
@@ -94,8 +94,7 @@ class ViewPage:
 
 
 def _page(limit: object, offset: object) -> tuple[int, int]:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+    limit = validate.int_between(limit, 1, MAX_LIMIT, field="limit")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise InvalidInput("offset must be 0 or more", field="offset")
     return limit, offset
