@@ -375,6 +375,22 @@ def test_a_long_url_keeps_lines_short_and_arrives_intact() -> None:
     assert f'href="{LONG_URL}"' in body(message, "html")
 
 
+@pytest.mark.parametrize("offset", [0, 2, 498, 499, 500, 501, 999, 1500])
+@pytest.mark.parametrize(("length", "raw_7bit"), [(998, True), (999, False), (2000, False)])
+def test_a_line_over_998_octets_is_encoded_wherever_it_falls(offset: int, length: int, raw_7bit: bool) -> None:
+    # The line check looks at 500-octet windows first: a long line must be caught whatever its
+    # position relative to them.
+    lines = -(-offset // 900)  # short lines before it, offset octets in all (CRLF counted)
+    sizes = [offset // lines + (i < offset % lines) for i in range(lines)] if offset else []
+    html = "".join("a" * (size - 2) + "\n" for size in sizes) + "x" * length + "\nend\n"
+
+    raw = build_message(**message_args(text="short", html=html))
+
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert raw.count(b"Content-Transfer-Encoding: 7bit") == (2 if raw_7bit else 1)
+    assert body(parse(raw), "html") == html.replace("\n", "\r\n")
+
+
 def test_rendered_ascii_email_goes_as_readable_7bit() -> None:
     rendered = render_email("invitation", invitation_context())
 
