@@ -63,34 +63,38 @@ def claim_outbox(
 
 
 def claim_outboxes(claims: Sequence[Claim], *, now: datetime, settings: Settings) -> dict[str, OutboxEmail | None]:
-    """``claim_outbox`` for many steps at once: one query to find their rows, one to add the new ones.
+    """``claim_outbox`` for many steps at once: one statement adds the new rows, and only the
+    keys that had a row already are read back.
 
     Returns each claim's row by dedupe key (None where nothing is to be sent). New rows are
     written ``sending`` at once: nobody else can have seen them yet.
     """
-    keys = [c.dedupe_key for c in claims]
-    found = {row.dedupe_key: row for row in OutboxEmail.select().where(OutboxEmail.dedupe_key.in_(keys))}
-    fresh = [c for c in claims if c.dedupe_key not in found]
+    fields: list[Field] = [OutboxEmail.dedupe_key, OutboxEmail.kind, OutboxEmail.practice, OutboxEmail.client,
+                           OutboxEmail.invitation, OutboxEmail.to_email, OutboxEmail.message_id, OutboxEmail.status,
+                           OutboxEmail.attempts, OutboxEmail.sending_since, OutboxEmail.created_at]
+    rows = [
+        (c.dedupe_key, c.kind, c.practice_id, c.client_id, c.invitation_id, c.to_email,
+         message_id_for(c.dedupe_key, settings), "sending", 1, now, now)
+        for c in claims
+    ]
+    # A key that has a row already (a redelivered step) is skipped here and read below.
+    inserted = insert_rows(fields, rows, returning=[OutboxEmail.dedupe_key, OutboxEmail.id], ignore_conflicts=True)
+    ids: dict[str, int] = dict(inserted)
+    names = [f.name for f in fields]
     claimed: dict[str, OutboxEmail | None] = {}
-    if fresh:
-        fields: list[Field] = [OutboxEmail.dedupe_key, OutboxEmail.kind, OutboxEmail.practice, OutboxEmail.client,
-                  OutboxEmail.invitation, OutboxEmail.to_email, OutboxEmail.message_id, OutboxEmail.status,
-                  OutboxEmail.attempts, OutboxEmail.sending_since, OutboxEmail.created_at]
-        rows = [
-            (c.dedupe_key, c.kind, c.practice_id, c.client_id, c.invitation_id, c.to_email,
-             message_id_for(c.dedupe_key, settings), "sending", 1, now, now)
-            for c in fresh
-        ]
-        ids: dict[str, int] = dict(insert_rows(fields, rows, returning=[OutboxEmail.dedupe_key, OutboxEmail.id]))
-        for values in rows:
-            key = values[0]
-            claimed[key] = OutboxEmail(id=ids[key], **{f.name: v for f, v in zip(fields, values, strict=True)})
+    for values in rows:
+        if values[0] in ids:
+            claimed[values[0]] = OutboxEmail(id=ids[values[0]], **dict(zip(names, values, strict=True)))
+    taken = [c.dedupe_key for c in claims if c.dedupe_key not in ids]
+    found = {}
+    if taken:
+        found = {row.dedupe_key: row for row in OutboxEmail.select().where(OutboxEmail.dedupe_key.in_(taken))}
     stale_before = now - timedelta(milliseconds=settings.step_time_limit_ms)
     for claim in claims:
-        row = found.get(claim.dedupe_key)
-        if row is None:
+        if claim.dedupe_key in claimed:
             continue
-        if row.status in ("sent", "failed", "superseded") or (
+        row = found.get(claim.dedupe_key)
+        if row is None or row.status in ("sent", "failed", "superseded") or (
             row.status == "sending" and row.sending_since and row.sending_since > stale_before
         ):
             claimed[claim.dedupe_key] = None

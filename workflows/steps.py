@@ -134,9 +134,17 @@ def advance_many(
     return outcomes
 
 
-def _load_for_update(invitation_ids: Iterable[int]) -> dict[int, Invitation]:
-    """The rows, locked until the transaction ends (PostgreSQL; SQLite's BEGIN IMMEDIATE locks all)."""
-    query = Invitation.select().where(Invitation.id.in_(list(invitation_ids))).order_by(Invitation.id)
+def _load_for_update(invitation_ids: Iterable[int], *, client_names: bool = False) -> dict[int, Invitation]:
+    """The rows, locked until the transaction ends (PostgreSQL; SQLite's BEGIN IMMEDIATE locks all).
+
+    With ``client_names`` each row also carries its client's name as ``client_name``, read in
+    the same query (a subquery: the client row itself is not locked).
+    """
+    query = Invitation.select()
+    if client_names:
+        name = Client.select(Client.name).where(Client.id == Invitation.client_id)
+        query = Invitation.select(Invitation, name.alias("client_name"))
+    query = query.where(Invitation.id.in_(list(invitation_ids))).order_by(Invitation.id)
     if is_postgres():
         query = query.for_update()  # in id order, so two batches never lock in opposite orders
     return {row.id: row for row in query}
@@ -155,7 +163,7 @@ def _lock_timers(invitation_ids: Iterable[int]) -> dict[int, tuple[int, datetime
 
 
 def _plan_many(ids: list[int], *, now: datetime, settings: Settings, outcomes: Outcomes) -> list[_Planned]:
-    invitations = _load_for_update(ids)
+    invitations = _load_for_update(ids, client_names=True)
     wanted = {inv.practice_id for inv in invitations.values()}
     practices = {p.id: p for p in Practice.select().where(Practice.id.in_(wanted))}
     due: list[_Step] = []
@@ -168,10 +176,6 @@ def _plan_many(ids: list[int], *, now: datetime, settings: Settings, outcomes: O
             due.append(decided)
     if not due:
         return []
-    named: Any = (
-        Client.select(Client.id, Client.name).where(Client.id.in_({step.invitation.client_id for step in due})).tuples()
-    )
-    names = dict(named)
     claims = delivery.claim_outboxes(
         [
             delivery.Claim(
@@ -202,8 +206,8 @@ def _plan_many(ids: list[int], *, now: datetime, settings: Settings, outcomes: O
         [(s.practice.id, s.invitation.client_id, s.invitation.id, "invite", s.expires_at) for s, _ in ready], now=now
     )
     return [
-        _Planned(s.invitation, s.practice, names[s.invitation.client_id], outbox, s.event, raw, s.expires_at,
-                 s.reminder_number)
+        _Planned(s.invitation, s.practice, s.invitation.client_name, outbox, s.event,  # type: ignore[attr-defined]
+                 raw, s.expires_at, s.reminder_number)
         for (s, outbox), raw in zip(ready, raws, strict=True)
     ]
 
