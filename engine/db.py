@@ -8,10 +8,10 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlparse
 
 import peewee
@@ -210,6 +210,71 @@ def insert_rows(
         if returning:
             out.extend(cursor.fetchall())
     return out
+
+
+#: Fields whose values both drivers return as the field holds them: no ``python_value`` call.
+#: Exact types: a subclass may convert (a JSON text field, say).
+_NATIVE_FIELDS = frozenset({peewee.AutoField, peewee.IntegerField, peewee.CharField, peewee.TextField,
+                            peewee.ForeignKeyField})
+
+_M = TypeVar("_M", bound=peewee.Model)
+
+
+def select_by_ids(
+    model: type[_M],
+    ids: Iterable[int],
+    *,
+    fields: Sequence[peewee.Field] = (),
+    for_update: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> list[_M]:
+    """``model.select(*fields).where(model.id.in_(ids)).order_by(model.id)`` as instances.
+
+    What the workflow steps read for every batch, without Peewee's statement building (6 us
+    per id of an IN list, 400 us per query of a whole row) and row wrapping: the statement is
+    built once per shape, and only the values the drivers do not already return as the field
+    holds them (dates, booleans) go through ``python_value``. Half the cost of the query it
+    replaces (bench/RESULTS.md). ``for_update`` locks the rows in id order on PostgreSQL
+    (SQLite's ``BEGIN IMMEDIATE`` has locked everything already). ``extra`` maps attribute
+    names to SQL expressions read with each row (a scalar subquery, say).
+    """
+    chosen = tuple(fields) or tuple(model._meta.sorted_fields)
+    extras = tuple((extra or {}).items())
+    names = [f.name for f in chosen]
+    converters = [(i, f.python_value) for i, f in enumerate(chosen) if type(f) not in _NATIVE_FIELDS]
+    ordered = sorted(set(ids))
+    out: list[_M] = []
+    for start in range(0, len(ordered), INSERT_CHUNK):
+        chunk = ordered[start : start + INSERT_CHUNK]
+        sql = _select_by_ids_sql(model, tuple(names), extras, len(chunk), for_update and is_postgres(), db.param)
+        for row in db.execute_sql(sql, chunk).fetchall():
+            values = list(row)
+            for i, convert in converters:
+                if values[i] is not None:
+                    values[i] = convert(values[i])
+            instance = model(__no_default__=1)  # what Peewee's own row wrapper builds, field by field
+            instance.__data__ = dict(zip(names, values[: len(names)], strict=True))
+            for (attribute, _), value in zip(extras, values[len(names) :], strict=True):
+                setattr(instance, attribute, value)
+            out.append(instance)
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _select_by_ids_sql(
+    model: type[peewee.Model], names: tuple[str, ...], extras: tuple[tuple[str, str], ...], count: int, lock: bool,
+    param: str,
+) -> str:
+    meta = model._meta
+    columns = [f'"{meta.table_name}"."{meta.fields[name].column_name}"' for name in names]
+    columns += [f'{expression} AS "{attribute}"' for attribute, expression in extras]
+    primary_key = meta.primary_key
+    assert isinstance(primary_key, peewee.Field), f"{model.__name__} has no single-column primary key"
+    key = f'"{meta.table_name}"."{primary_key.column_name}"'
+    return (
+        f'SELECT {", ".join(columns)} FROM "{meta.table_name}" WHERE {key} IN ({", ".join([param] * count)})'
+        f' ORDER BY {key}{" FOR UPDATE" if lock else ""}'
+    )
 
 
 @functools.lru_cache(maxsize=4096)

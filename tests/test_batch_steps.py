@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import engine
-from engine.db import db, insert_rows, write
+from engine.db import db, insert_rows, select_by_ids, write
 from engine.errors import TransientDeliveryError
 from engine.mail import SmtpTransport, Transport
 from engine.models import AuditEvent, Client, Invitation, OutboxEmail, PortalAccess, Practice, Token
@@ -195,6 +195,27 @@ def test_insert_rows_fills_defaults_returns_columns_and_can_skip_conflicts(pract
     row = PortalAccess.get_by_id(clients[2].id)
     assert (row.can_request_appointments, row.can_message, row.can_pay, row.updated_at) == (True, True, False, now)
     assert AuditEvent.select().where(AuditEvent.action == "invited").count() == 0
+
+
+def test_select_by_ids_reads_what_peewee_reads(practice, client_factory, staff_by, clock, broker):
+    ids = _invite(practice, client_factory, staff_by, "c1@example.test", "c2@example.test", "c3@example.test")
+    engine.record_sign_in(practice.id, Invitation.get_by_id(ids[1]).client_id)  # dates and states differ
+    wanted = [ids[2], ids[0], ids[1], ids[2], 10**9]  # any order, a repeat, one that is not there
+
+    with write():
+        rows = select_by_ids(Invitation, wanted, for_update=True, extra={"shouted": "UPPER(email)"})
+        some = select_by_ids(Invitation, wanted, fields=[Invitation.id, Invitation.sent_at, Invitation.state])
+        practices = select_by_ids(Practice, [practice.id])
+    expected = list(Invitation.select().where(Invitation.id.in_(ids)).order_by(Invitation.id))
+
+    assert [row.__data__ for row in rows] == [row.__data__ for row in expected]  # in id order, once each
+    assert [type(v) for v in rows[0].__data__.values()] == [type(v) for v in expected[0].__data__.values()]
+    assert [row.shouted for row in rows] == [row.email.upper() for row in expected]
+    assert [(r.id, r.sent_at, r.state, r.email) for r in some] == [(r.id, r.sent_at, r.state, None) for r in expected]
+    assert practices[0].__data__ == Practice.get_by_id(practice.id).__data__
+    assert practices[0].portal_enabled is True
+    assert not rows[0].is_dirty()
+    assert select_by_ids(Invitation, []) == []
 
 
 def test_transition_many_keeps_each_rows_compare_and_set(practice, client_factory, staff_by, clock, broker):

@@ -22,11 +22,11 @@ from zoneinfo import ZoneInfo
 import peewee
 
 from engine import tokens
-from engine.db import is_postgres, write
+from engine.db import select_by_ids, write
 from engine.errors import PermanentDeliveryError, TransientDeliveryError
 from engine.logs import log_context
 from engine.mail import Transport, render_email
-from engine.models import Client, Invitation, OutboxEmail, Practice
+from engine.models import Invitation, OutboxEmail, Practice
 from engine.settings import Settings
 from workflows import delivery, schedule
 from workflows.invitation import TERMINAL_STATES, Event, Move, State, transition, transition_many
@@ -140,32 +140,25 @@ def _load_for_update(invitation_ids: Iterable[int], *, client_names: bool = Fals
     With ``client_names`` each row also carries its client's name as ``client_name``, read in
     the same query (a subquery: the client row itself is not locked).
     """
-    query = Invitation.select()
-    if client_names:
-        name = Client.select(Client.name).where(Client.id == Invitation.client_id)
-        query = Invitation.select(Invitation, name.alias("client_name"))
-    query = query.where(Invitation.id.in_(list(invitation_ids))).order_by(Invitation.id)
-    if is_postgres():
-        query = query.for_update()  # in id order, so two batches never lock in opposite orders
-    return {row.id: row for row in query}
+    extra = {"client_name": _CLIENT_NAME} if client_names else None
+    return {row.id: row for row in select_by_ids(Invitation, invitation_ids, for_update=True, extra=extra)}
+
+
+_CLIENT_NAME = '(SELECT "name" FROM "client" WHERE "client"."id" = "invitation"."client_id")'
 
 
 def _lock_timers(invitation_ids: Iterable[int]) -> dict[int, tuple[int, datetime | None, datetime | None]]:
     """Each row's version, ``sent_at`` and ``expires_at`` now (a paused portal shifts the
     timers without a new version), the rows locked as ``_load_for_update`` locks them."""
-    query = Invitation.select(Invitation.id, Invitation.version, Invitation.sent_at, Invitation.expires_at).where(
-        Invitation.id.in_(list(invitation_ids))
-    )
-    if is_postgres():
-        query = query.order_by(Invitation.id).for_update()
-    rows: Any = query.tuples()
-    return {row_id: (version, sent_at, expires_at) for row_id, version, sent_at, expires_at in rows}
+    fields = (Invitation.id, Invitation.version, Invitation.sent_at, Invitation.expires_at)
+    rows = select_by_ids(Invitation, invitation_ids, fields=fields, for_update=True)
+    return {row.id: (row.version, row.sent_at, row.expires_at) for row in rows}
 
 
 def _plan_many(ids: list[int], *, now: datetime, settings: Settings, outcomes: Outcomes) -> list[_Planned]:
     invitations = _load_for_update(ids, client_names=True)
     wanted = {inv.practice_id for inv in invitations.values()}
-    practices = {p.id: p for p in Practice.select().where(Practice.id.in_(wanted))}
+    practices = {p.id: p for p in select_by_ids(Practice, wanted)}
     due: list[_Step] = []
     for invitation_id in ids:
         inv = invitations.get(invitation_id)
