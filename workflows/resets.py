@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from engine import audit, tokens
-from engine.db import is_postgres, write
+from engine.db import select_by_ids, write
 from engine.errors import PermanentDeliveryError, TransientDeliveryError
 from engine.mail import Transport, render_email
 from engine.models import Client, OutboxEmail, PortalAccess, Practice
@@ -48,10 +48,8 @@ def deliver(outbox_id: int, *, now: datetime, transport: Transport, settings: Se
 
 
 def _load_for_update(outbox_id: int) -> OutboxEmail | None:
-    query = OutboxEmail.select().where(OutboxEmail.id == outbox_id)
-    if is_postgres():
-        query = query.for_update()
-    return query.first()
+    rows = select_by_ids(OutboxEmail, [outbox_id], for_update=True)
+    return rows[0] if rows else None
 
 
 def _plan(outbox_id: int, *, now: datetime, settings: Settings) -> _Planned | str:
