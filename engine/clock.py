@@ -42,11 +42,12 @@ class ManualClock:
 
 
 class FileOffsetClock:
-    """Wall-clock time plus an offset in seconds read from a file (``CLOCK_OFFSET_FILE``).
+    """The time a file says (``CLOCK_OFFSET_FILE``), shared by separate processes.
 
-    For tests and demos that run workers and schedulers as separate processes: writing a new
-    offset into the file moves every process's "now" at once. The file is re-read only when
-    its modification time changes.
+    For tests and demos that run workers, schedulers or the CLI as separate processes. The file
+    holds either a number of seconds added to the wall clock (the time runs on, shifted), or an
+    ISO 8601 instant (the time stands still there, as a test's ``ManualClock`` does). Writing the
+    file moves every process's "now" at once; it is re-read only when it changes.
     """
 
     def __init__(self, path: str) -> None:
@@ -54,34 +55,53 @@ class FileOffsetClock:
 
         self._path = path
         self._stat = os.stat
-        self._mtime_ns = -1
+        self._seen: tuple[int, int, int] | None = None
         self._offset = timedelta(0)
+        self._fixed: datetime | None = None
         self._lock = threading.Lock()
 
-    def _read(self) -> timedelta:
+    def _read(self) -> tuple[timedelta, datetime | None]:
         try:
-            mtime_ns = self._stat(self._path).st_mtime_ns
+            st = self._stat(self._path)
         except FileNotFoundError:
-            return timedelta(0)
+            return timedelta(0), None
+        # The inode too: a rewrite (os.replace) within the file system's timestamp granularity
+        # keeps the modification time but never the inode of the file it replaced.
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
         with self._lock:
-            if mtime_ns != self._mtime_ns:
+            if seen != self._seen:
                 with open(self._path) as f:
                     text = f.read().strip()
-                self._offset = timedelta(seconds=float(text or 0))
-                self._mtime_ns = mtime_ns
-            return self._offset
+                try:
+                    self._offset, self._fixed = timedelta(seconds=float(text or 0)), None
+                except ValueError:
+                    self._offset, self._fixed = timedelta(0), datetime.fromisoformat(text).astimezone(UTC)
+                self._seen = seen
+            return self._offset, self._fixed
 
     def now(self) -> datetime:
-        return datetime.now(UTC) + self._read()
+        offset, fixed = self._read()
+        return fixed if fixed is not None else datetime.now(UTC) + offset
 
     @staticmethod
     def write(path: str, offset_s: float) -> None:
         """Set the offset every process reading ``path`` sees (atomically)."""
+        FileOffsetClock._replace(path, repr(float(offset_s)))
+
+    @staticmethod
+    def write_fixed(path: str, when: datetime) -> None:
+        """Stop the time of every process reading ``path`` at ``when`` (atomically)."""
+        if when.tzinfo is None:
+            raise ValueError("FileOffsetClock needs an aware datetime")
+        FileOffsetClock._replace(path, when.isoformat())
+
+    @staticmethod
+    def _replace(path: str, text: str) -> None:
         import os
 
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            f.write(repr(float(offset_s)))
+            f.write(text)
         os.replace(tmp, path)
 
 

@@ -24,7 +24,7 @@ import email.policy
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ TEST_PG_DSN = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:543
 # PostgreSQL database each: the queue names are fixed.
 TEST_AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 IN_CI = bool(os.environ.get("CI"))
+# A fixed date keeps the tests of time zones, DST and send windows the same all year round. A
+# test's clock is its own: a subprocess or service it starts reads the wall clock, so every
+# subprocess gets its environment from ``process_env``, which hands it the test's clock.
 START = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)  # a Tuesday, 10:00 UTC
 
 
@@ -120,7 +123,7 @@ def _postgres_ready() -> str | None:
     url = urlparse(TEST_PG_DSN)
     try:
         conn = psycopg2.connect(host=url.hostname, port=url.port or 5432, user=url.username,
-                                dbname="postgres", connect_timeout=3)
+                                password=url.password, dbname="postgres", connect_timeout=3)
     except psycopg2.OperationalError:
         return None
     conn.autocommit = True
@@ -143,8 +146,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         return f"sqlite:///{tmp_path_factory.mktemp('db') / 'invites.db'}"
     url = _postgres_ready()
     if url is None:
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432: the PostgreSQL half is skipped")
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is not reachable at {_without_password(TEST_PG_DSN)}")
+        pytest.skip(f"PostgreSQL is not reachable at {_without_password(TEST_PG_DSN)}: "
+                    "the PostgreSQL half is skipped (TEST_DATABASES=sqlite says so up front)")
     return url
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlparse
+
+    password = urlparse(url).password
+    return url.replace(f":{password}@", ":***@", 1) if password else url
 
 
 @pytest.fixture(scope="session")
@@ -284,12 +297,56 @@ def broker(active_broker: Any, database_url: str, base_settings: Settings,
         db.close()
 
 
+class SharedClock(engine_clock.ManualClock):
+    """The test's clock, shared with every subprocess the test starts.
+
+    A ``ManualClock`` that writes each move to a file; a subprocess given ``CLOCK_OFFSET_FILE``
+    (``process_env``) reads its "now" from there, so the test, its worker threads, the CLI and the
+    worker processes it starts all agree on the time, whatever the date the suite runs on.
+    """
+
+    def __init__(self, start: datetime, path: Path) -> None:
+        super().__init__(start)
+        self.path = path
+        self._publish()
+
+    def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
+        when = super().advance(delta, **kwargs)
+        self._publish()
+        return when
+
+    def set(self, when: datetime) -> None:
+        super().set(when)
+        self._publish()
+
+    def _publish(self) -> None:
+        engine_clock.FileOffsetClock.write_fixed(str(self.path), self.now())
+
+
 @pytest.fixture
-def clock(broker: Any) -> Iterator[engine_clock.ManualClock]:
-    manual = engine_clock.ManualClock(START)
-    previous = engine_clock.use_clock(manual)
-    yield manual
+def clock(broker: Any, tmp_path: Path) -> Iterator[SharedClock]:
+    shared = SharedClock(START, tmp_path / "clock")
+    previous = engine_clock.use_clock(shared)
+    yield shared
     engine_clock.use_clock(previous)
+
+
+@pytest.fixture
+def process_env() -> Callable[..., dict[str, str]]:
+    """``process_env(**extra)``: the environment for a subprocess this test starts.
+
+    The tests' settings plus ``extra``; where the test runs on its ``clock``, the subprocess's
+    clock is that one (``CLOCK_OFFSET_FILE``), and moves when the test moves it.
+    """
+
+    def make(**extra: str) -> dict[str, str]:
+        env = {**os.environ, **extra}
+        current = engine_clock.get_clock()
+        if isinstance(current, SharedClock):
+            env["CLOCK_OFFSET_FILE"] = str(current.path)
+        return env
+
+    return make
 
 
 # --- Worker ---------------------------------------------------------------------------------
@@ -393,3 +450,19 @@ def token_of(message: email.message.EmailMessage) -> str:
 
 def tests_dir() -> Path:
     return Path(__file__).parent
+
+
+# --- The summary of what was skipped ---------------------------------------------------------
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Each reason for a skip once, with how many tests it skipped (a missing service skips many)."""
+    from collections import Counter
+
+    reasons: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        _, _, reason = report.longrepr if isinstance(report.longrepr, tuple) else ("", 0, str(report.longrepr))
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if reasons:
+        terminalreporter.section("skipped, by reason")
+        for reason, count in reasons.most_common():
+            terminalreporter.line(f"{count:5d}  {reason}")

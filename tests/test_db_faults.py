@@ -10,7 +10,6 @@ out again: the next message runs on a fresh connection.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -87,7 +86,7 @@ def lock_hog(broker: Any, database_url: str, tmp_path: Path) -> Iterator[Any]:
 
 
 def test_sqlite_busy_never_reaches_a_user(practice, client_factory, staff_by, clock, worker, sink, lock_hog,
-                                          database_url, caplog):
+                                          database_url, caplog, process_env):
     caplog.set_level(logging.WARNING)
     settings = get_settings()
     # Given clients to invite, and another process holding the write lock 80 % of the time
@@ -124,7 +123,7 @@ def test_sqlite_busy_never_reaches_a_user(practice, client_factory, staff_by, cl
     for thread in [*callers, sweeper]:
         thread.start()
     # and a person uses the CLI in the middle of it
-    env = {**os.environ, "DATABASE_URL": database_url, "INVITES_ACTOR": staff_by}
+    env = process_env(DATABASE_URL=database_url, INVITES_ACTOR=staff_by)
     extra = client_factory(email="cli@example.test")
     cli = subprocess.run([sys.executable, "-m", "engine.cli", "invite", str(practice.id), str(extra.id)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

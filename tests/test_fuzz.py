@@ -8,7 +8,6 @@ the dead letters with a reason, and the worker carries on.
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -251,8 +250,8 @@ def test_fuzzed_cli_exits_with_a_code_and_one_line_never_a_traceback(broker, pra
         assert snapshot() == before
 
 
-def test_cli_subprocess_refuses_bad_input_in_one_line(broker, practice, database_url):
-    env = {**os.environ, "DATABASE_URL": database_url, "INVITES_ACTOR": f"staff:{practice.standard.id}"}
+def test_cli_subprocess_refuses_bad_input_in_one_line(broker, practice, database_url, process_env):
+    env = process_env(DATABASE_URL=database_url, INVITES_ACTOR=f"staff:{practice.standard.id}")
     cases = [
         (["invite", str(practice.id), "not-a-number"], 2, "invalid int value"),
         (["client", "create", str(practice.id), "Eve\r\nBcc: eve@evil.test", "--email", "e@example.test"], 1,

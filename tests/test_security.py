@@ -384,7 +384,7 @@ def test_template_injection_is_impossible(practice_factory, client_factory, work
 # --- configuration secrets ---------------------------------------------------------------------------
 
 def test_smtp_password_is_never_printed_or_logged(practice, client_factory, staff_by, worker, sink,
-                                                  smtp_server, all_logs, database_url):
+                                                  smtp_server, all_logs, database_url, process_env):
     secret = "S3cr3t-smtp-Pa55"
     _, port = smtp_server
     url = f"smtp://portal-user:{secret}@127.0.0.1:{port}"
@@ -403,7 +403,7 @@ def test_smtp_password_is_never_printed_or_logged(practice, client_factory, staf
     assert secret not in all_logs.text()
     assert secret not in all_stored_text()
     # The CLI, with the secret in its environment, never prints it either
-    env = {**os.environ, "DATABASE_URL": database_url, "MAIL_URL": url, "INVITES_ACTOR": staff_by}
+    env = process_env(DATABASE_URL=database_url, MAIL_URL=url, INVITES_ACTOR=staff_by)
     outputs = []
     for argv in (["status", str(practice.id), str(client.id), "--json"],
                  ["timeline", str(practice.id), "--client", str(client.id)],
