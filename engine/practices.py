@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from engine import audit, clock, lookup, roles, validate
+from engine import audit, clock, idempotency, lookup, roles, validate
 from engine.db import write
 from engine.errors import InvalidInput
 from engine.mail import validate_address
@@ -145,25 +145,42 @@ def create_client(
     """Create a client profile; with ``invite`` the welcome invitation goes at once (P3).
 
     An invitation the client cannot get (no email, no consent, portal off) refuses the whole
-    call, so an intake form never creates a profile that silently got nothing.
+    call, so an intake form never creates a profile that silently got nothing. With an
+    ``idempotency_key`` (kept 24 h, with or without ``invite``) an exact repeat returns the
+    first client and creates nothing; the key with another name, email, consent or ``invite``
+    raises ``IdempotencyConflict``.
     """
     now = now or clock.now()
     actor = roles.authorize(practice_id, by, "create_client")
     clean_name = validate.name(name)
     address = validate_address(email) if email not in (None, "") else None
+    key = None if idempotency_key is None else idempotency.check_key(idempotency_key)
+    digest = idempotency.fingerprint("create_client", name=clean_name, email=address, consent=bool(consent),
+                                     invite=bool(invite))
     from engine import invitations
 
-    with write():
-        practice = lookup.practice(practice_id)
-        client = Client.create(practice=practice.id, name=clean_name, primary_email=address,
-                               email_consent=bool(consent), created_at=now, updated_at=now)
-        audit.record(practice_id=practice.id, client_id=client.id, actor=actor, action="client_created", now=now)
-        created = None
-        if invite:
-            created = invitations.open_invitation(practice, client, actor=actor, now=now,
-                                                  idempotency_key=idempotency_key)
+    def attempt() -> tuple[Client, int | None]:
+        with write():
+            practice = lookup.practice(practice_id)
+            seen = None if key is None else idempotency.recall(practice.id, key, digest, now=now)
+            if seen is not None:
+                return lookup.client(practice.id, seen.client_id), None
+            client = Client.create(practice=practice.id, name=clean_name, primary_email=address,
+                                   email_consent=bool(consent), created_at=now, updated_at=now)
+            audit.record(practice_id=practice.id, client_id=client.id, actor=actor, action="client_created",
+                         now=now)
+            created = None
+            if invite:
+                created = invitations.open_invitation(practice, client, actor=actor, now=now).id
+            if key is not None:
+                idempotency.remember(practice.id, key, digest, now=now, client_id=client.id, invitation_id=created)
+            return client, created
+
+    # Two concurrent first requests with one key: the unique (practice, key) index lets one
+    # commit; the other rolls back its client and, on its second pass, returns the winner's.
+    client, created = idempotency.run_once(attempt)
     if created is not None:
-        invitations.nudge([created.id])
+        invitations.nudge([created])
     return client
 
 
