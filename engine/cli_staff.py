@@ -223,7 +223,8 @@ def register(sub: Any) -> None:
                        description="Revoke the client's earlier links and send a new invitation with a full "
                        "lifetime. Refused after the first sign-in: share the portal link instead (P12).")
     _client_args(p)
-    p.add_argument("--message", help="a personal message in the email (plain text, at most 2000 characters)")
+    p.add_argument("--message", help="a personal message in the email: plain text, at most 2000 characters; "
+                   "line breaks are kept, a tab or any other control character is refused")
     add_by(p)
     add_json(p)
     p.set_defaults(func=_resend)

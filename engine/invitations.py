@@ -58,8 +58,9 @@ def open_invitation(
     if not client.email_consent:
         raise NoConsent("the client's email notifications are switched off", client_id=client.id)
     if access.first_signed_in_at is not None and access.disabled_at is None:
+        # The link is in the message too, so every door's one-line refusal shows it (P12).
         raise AlreadySignedIn(
-            "the client has signed in already: share the portal link instead",
+            f"the client has signed in already: share the portal link instead, {practice.portal_url}",
             portal_url=practice.portal_url,
         )
     invitation = lookup.live_invitation(client.id)
