@@ -156,8 +156,8 @@ def create_client(
     clean_name = validate.name(name)
     address = validate_address(email) if email not in (None, "") else None
     key = None if idempotency_key is None else idempotency.check_key(idempotency_key)
-    digest = idempotency.fingerprint("create_client", name=clean_name, email=address, consent=bool(consent),
-                                     invite=bool(invite))
+    digest = "" if key is None else idempotency.fingerprint(
+        "create_client", name=clean_name, email=address, consent=bool(consent), invite=bool(invite))
     from engine import invitations
 
     def attempt() -> tuple[Client, int | None]:
