@@ -57,7 +57,15 @@ from engine.mass import MassInviteReport, mass_invite  # staff operations
 from engine.portal import PortalLink, PortalSwitch, portal_link, set_portal_enabled  # staff operations
 
 # Practices, staff, clients
-from engine.practices import create_client, create_practice, create_staff, update_client, update_practice
+from engine.practices import (
+    ConsentChange,
+    create_client,
+    create_practice,
+    create_staff,
+    set_email_consent,
+    update_client,
+    update_practice,
+)
 from engine.resets import ResetRequest, request_password_reset  # staff operations
 from engine.runtime import boot
 from engine.schema import upgrade
@@ -110,9 +118,11 @@ __all__ = [
     "upgrade",
     "use_clock",
     # Practices, staff, clients
+    "ConsentChange",
     "create_client",
     "create_practice",
     "create_staff",
+    "set_email_consent",
     "update_client",
     "update_practice",
     # Invitations, sign-in, links

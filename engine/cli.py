@@ -230,13 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_staff_add, needs_broker=False)
 
     client = sub.add_parser("client", help="client profiles").add_subparsers(dest="sub", required=True)
-    p = client.add_parser("create", help="create a client, optionally inviting at once (P3)")
+    p = client.add_parser("create", help="create a client, optionally inviting at once (P3)",
+                          description="With --key, running the same command again (within 24 h) prints the "
+                          "first client and creates nothing; the key with another name, email, --consent or "
+                          "--invite is refused (idempotency_conflict). Consent given later: `invites consent`.")
     p.add_argument("practice", type=int)
     p.add_argument("name")
     p.add_argument("--email")
-    p.add_argument("--consent", action="store_true", help="email notifications switched on")
+    p.add_argument("--consent", action="store_true", help="email notifications switched on (P2)")
     p.add_argument("--invite", action="store_true", help="send the portal invitation now")
-    p.add_argument("--key", help="idempotency key (kept 24 h)")
+    p.add_argument("--key", help="idempotency key, up to 255 characters, kept 24 h per practice: a repeat "
+                   "returns the first result, other parameters are refused")
     add_by(p)
     add_json(p)
     p.set_defaults(func=_client_create)
@@ -244,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("invite", help="invite a client to the portal (P4)")
     p.add_argument("practice", type=int)
     p.add_argument("client", type=int)
-    p.add_argument("--key", help="idempotency key (kept 24 h)")
+    p.add_argument("--key", help="idempotency key, up to 255 characters, kept 24 h per practice: a repeat "
+                   "returns the first result, another client or message is refused")
     p.add_argument("--message", help="a personal message in the email (plain text)")
     add_by(p)
     add_json(p)

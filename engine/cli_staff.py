@@ -71,6 +71,25 @@ def _primary_email(args: argparse.Namespace) -> None:
     emit(args, change.to_dict(), _email_text)
 
 
+def _consent(args: argparse.Namespace) -> None:
+    from engine.practices import set_email_consent
+
+    change = set_email_consent(args.practice, args.client, _SWITCH[args.switch], by=args.by)
+
+    def text(v: dict[str, Any]) -> str:
+        state = "given" if v["email_consent"] else "withdrawn"
+        if not v["changed"]:
+            return f"email consent of client {v['client_id']} was {state} already; nothing changed"
+        if v["email_consent"]:
+            return f"email consent of client {v['client_id']} given; invite them to send the invitation"
+        line = f"email consent of client {v['client_id']} withdrawn: no more email to them"
+        if v["revoked_invitation_id"]:
+            line += f"; invitation {v['revoked_invitation_id']} revoked (no reminders, its links no longer work)"
+        return line
+
+    emit(args, change.to_dict(), text)
+
+
 def _permissions(args: argparse.Namespace) -> None:
     from engine.access import effective_permissions, permissions, set_permissions
 
@@ -204,7 +223,8 @@ def register(sub: Any) -> None:
                        description="Revoke the client's earlier links and send a new invitation with a full "
                        "lifetime. Refused after the first sign-in: share the portal link instead (P12).")
     _client_args(p)
-    p.add_argument("--message", help="a personal message in the email (plain text, at most 2000 characters)")
+    p.add_argument("--message", help="a personal message in the email: plain text, at most 2000 characters; "
+                   "line breaks are kept, a tab or any other control character is refused")
     add_by(p)
     add_json(p)
     p.set_defaults(func=_resend)
@@ -234,15 +254,29 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_portal_email)
 
     p = sub.add_parser("primary-email", help="change a client's primary email (P10)",
-                       description="Says whether portal access was affected. By default portal access keeps "
-                       "the address it used; --disable-and-resend revokes it and invites the new address.")
+                       description="Says whether portal access was affected. portal_action 'keep' (the "
+                       "default): portal access keeps the address it used. portal_action "
+                       "'disable_and_resend' (--disable-and-resend): the old access (live invitation, links, "
+                       "password) is revoked and an invitation goes to the new address, in one step.")
     _client_args(p)
     p.add_argument("email")
     p.add_argument("--disable-and-resend", action="store_true",
-                   help="revoke the old access and invite the new address, in one step")
+                   help="portal_action 'disable_and_resend' instead of 'keep': revoke the old access and invite "
+                   "the new address, in one step")
     add_by(p)
     add_json(p)
     p.set_defaults(func=_primary_email)
+
+    p = sub.add_parser("consent", help="give or withdraw a client's email consent (P2)",
+                       description="'on': the client may be emailed; nothing is sent until you invite them. "
+                       "'off': no more email to the client; a pending invitation is revoked (no reminders, its "
+                       "links stop working) and an unsent password-reset email is dropped. A client who has "
+                       "signed in keeps portal access.")
+    _client_args(p)
+    p.add_argument("switch", choices=["on", "off"], help="on: consent given; off: consent withdrawn")
+    add_by(p)
+    add_json(p)
+    p.set_defaults(func=_consent, needs_broker=False)
 
     p = sub.add_parser("permissions", help="show or set a client's portal permissions (P13)",
                        description="Without options, shows the permissions and what is in effect now. Paying "

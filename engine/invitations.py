@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import peewee
-
-from engine import audit, clock, lookup, passwords, roles, tokens, validate
+from engine import audit, clock, idempotency, lookup, passwords, roles, tokens, validate
 from engine.db import write
 from engine.errors import (
     AccessDisabled,
     AlreadySignedIn,
-    IdempotencyConflict,
-    InvalidInput,
     NoConsent,
     NoEmail,
     NotInvited,
     PortalOff,
     TokenUsed,
 )
-from engine.models import Client, IdempotencyKey, Invitation, PortalAccess, Practice, Token
+from engine.models import Client, Invitation, PortalAccess, Practice, Token
 from engine.settings import get_settings
 from workflows.invitation import Event, State, transition
 
@@ -41,17 +35,6 @@ def nudge(invitation_ids: list[int]) -> int:
     return enqueue_steps(invitation_ids)
 
 
-def _request_hash(client_id: int, kind: str, message: str | None) -> str:
-    body = json.dumps({"client": client_id, "kind": kind, "message": message}, sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-def _check_key(key: object) -> str:
-    if not isinstance(key, str) or not 1 <= len(key) <= 255 or not key.isprintable():
-        raise InvalidInput("idempotency key must be 1 to 255 printable characters", field="idempotency_key")
-    return key
-
-
 def open_invitation(
     practice: Practice,
     client: Client,
@@ -60,26 +43,12 @@ def open_invitation(
     now: datetime,
     message: str | None = None,
     kind: str = "invite",
-    idempotency_key: str | None = None,
 ) -> Invitation:
     """Inside a write transaction: the client's live invitation, or a new queued one.
 
     Checks every rule first (portal on, an email with consent, not signed in yet), so a refusal
     writes nothing. The caller nudges the returned invitation after its commit.
     """
-    if idempotency_key is not None:
-        key = _check_key(idempotency_key)
-        digest = _request_hash(client.id, kind, message)
-        IdempotencyKey.delete().where(
-            (IdempotencyKey.practice == practice.id) & (IdempotencyKey.key == key) & (IdempotencyKey.expires_at <= now)
-        ).execute()
-        seen = IdempotencyKey.get_or_none(
-            (IdempotencyKey.practice == practice.id) & (IdempotencyKey.key == key) & (IdempotencyKey.expires_at > now)
-        )
-        if seen is not None:
-            if seen.request_hash != digest:
-                raise IdempotencyConflict("this idempotency key was used with other parameters", key=key)
-            return Invitation.get_by_id(seen.invitation_id)
     if not practice.portal_enabled:
         raise PortalOff("the client portal is switched off for this practice")
     access = lookup.access(client, now)
@@ -89,8 +58,9 @@ def open_invitation(
     if not client.email_consent:
         raise NoConsent("the client's email notifications are switched off", client_id=client.id)
     if access.first_signed_in_at is not None and access.disabled_at is None:
+        # The link is in the message too, so every door's one-line refusal shows it (P12).
         raise AlreadySignedIn(
-            "the client has signed in already: share the portal link instead",
+            f"the client has signed in already: share the portal link instead, {practice.portal_url}",
             portal_url=practice.portal_url,
         )
     invitation = lookup.live_invitation(client.id)
@@ -113,12 +83,6 @@ def open_invitation(
         )
         audit.record(practice_id=practice.id, client_id=client.id, invitation_id=invitation.id, actor=actor,
                      action="invited", now=now, detail={"kind": kind, "to": address})
-    if idempotency_key is not None:
-        IdempotencyKey.create(
-            practice=practice.id, key=idempotency_key, request_hash=_request_hash(client.id, kind, message),
-            invitation=invitation.id, created_at=now,
-            expires_at=now + timedelta(seconds=get_settings().idempotency_ttl_s),
-        )
     return invitation
 
 
@@ -140,19 +104,25 @@ def invite(
     now = now or clock.now()
     actor = roles.authorize(practice_id, by, "invite")
     text = validate.message(message)
-    for attempt in (1, 2):
-        try:
-            with write():
-                practice = lookup.practice(practice_id)
-                client = lookup.client(practice.id, client_id)
-                invitation = open_invitation(
-                    practice, client, actor=actor, now=now, message=text, idempotency_key=idempotency_key
-                )
-            break
-        except peewee.IntegrityError:
-            # A concurrent call created the invitation or the key first: the second pass sees it.
-            if attempt == 2:
-                raise
+    key = None if idempotency_key is None else idempotency.check_key(idempotency_key)
+
+    def attempt() -> Invitation:
+        with write():
+            practice = lookup.practice(practice_id)
+            client = lookup.client(practice.id, client_id)
+            if key is None:
+                return open_invitation(practice, client, actor=actor, now=now, message=text)
+            digest = idempotency.fingerprint("invite", client_id=client.id, message=text)
+            seen = idempotency.recall(practice.id, key, digest, now=now)
+            if seen is not None:
+                return Invitation.get_by_id(seen.invitation_id)
+            invitation = open_invitation(practice, client, actor=actor, now=now, message=text)
+            idempotency.remember(practice.id, key, digest, now=now, client_id=client.id,
+                                 invitation_id=invitation.id)
+            return invitation
+
+    # A concurrent call may create the invitation or the key first: the second pass sees it.
+    invitation = idempotency.run_once(attempt)
     nudge([invitation.id])
     return invitation
 

@@ -216,14 +216,21 @@ class AuditEvent(BaseModel):
 
 
 class IdempotencyKey(BaseModel):
-    """A caller's idempotency key: the first result is returned on a repeat for 24 h."""
+    """A caller's idempotency key: the first result is returned on a repeat for 24 h.
+
+    ``engine.idempotency`` is the one mechanism that reads and writes these rows.
+    """
 
     id = AutoField()
     practice = ForeignKeyField(Practice, on_delete="CASCADE")
     key = CharField(max_length=255)
+    #: SHA-256 of the operation's name and parameters: the same key with another is a conflict.
     request_hash = CharField(max_length=64)
+    #: The first result: the client made (``create_client``) and/or the invitation.
+    client = ForeignKeyField(Client, null=True, on_delete="CASCADE")
     invitation = ForeignKeyField(Invitation, null=True, on_delete="CASCADE")
     practice_id: int
+    client_id: int | None
     invitation_id: int | None
     created_at = UTCDateTimeField()
     expires_at = UTCDateTimeField()

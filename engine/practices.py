@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from engine import audit, clock, lookup, roles, validate
+from engine import access, audit, clock, idempotency, lookup, roles, validate
 from engine.db import write
 from engine.errors import InvalidInput
 from engine.mail import validate_address
-from engine.models import Client, Practice, Staff
+from engine.models import Client, OutboxEmail, Practice, Staff
 from engine.settings import get_settings
 
 
@@ -145,41 +146,117 @@ def create_client(
     """Create a client profile; with ``invite`` the welcome invitation goes at once (P3).
 
     An invitation the client cannot get (no email, no consent, portal off) refuses the whole
-    call, so an intake form never creates a profile that silently got nothing.
+    call, so an intake form never creates a profile that silently got nothing. With an
+    ``idempotency_key`` (kept 24 h, with or without ``invite``) an exact repeat returns the
+    first client and creates nothing; the key with another name, email, consent or ``invite``
+    raises ``IdempotencyConflict``.
     """
     now = now or clock.now()
     actor = roles.authorize(practice_id, by, "create_client")
     clean_name = validate.name(name)
     address = validate_address(email) if email not in (None, "") else None
+    key = None if idempotency_key is None else idempotency.check_key(idempotency_key)
+    digest = "" if key is None else idempotency.fingerprint(
+        "create_client", name=clean_name, email=address, consent=bool(consent), invite=bool(invite))
     from engine import invitations
 
-    with write():
-        practice = lookup.practice(practice_id)
-        client = Client.create(practice=practice.id, name=clean_name, primary_email=address,
-                               email_consent=bool(consent), created_at=now, updated_at=now)
-        audit.record(practice_id=practice.id, client_id=client.id, actor=actor, action="client_created", now=now)
-        created = None
-        if invite:
-            created = invitations.open_invitation(practice, client, actor=actor, now=now,
-                                                  idempotency_key=idempotency_key)
+    def attempt() -> tuple[Client, int | None]:
+        with write():
+            practice = lookup.practice(practice_id)
+            seen = None if key is None else idempotency.recall(practice.id, key, digest, now=now)
+            if seen is not None:
+                return lookup.client(practice.id, seen.client_id), None
+            client = Client.create(practice=practice.id, name=clean_name, primary_email=address,
+                                   email_consent=bool(consent), created_at=now, updated_at=now)
+            audit.record(practice_id=practice.id, client_id=client.id, actor=actor, action="client_created",
+                         now=now)
+            created = None
+            if invite:
+                created = invitations.open_invitation(practice, client, actor=actor, now=now).id
+            if key is not None:
+                idempotency.remember(practice.id, key, digest, now=now, client_id=client.id, invitation_id=created)
+            return client, created
+
+    # Two concurrent first requests with one key: the unique (practice, key) index lets one
+    # commit; the other rolls back its client and, on its second pass, returns the winner's.
+    client, created = idempotency.run_once(attempt)
     if created is not None:
-        invitations.nudge([created.id])
+        invitations.nudge([created])
     return client
 
 
 def update_client(practice_id: int, client_id: int, *, by: str, now: datetime | None = None,
                   name: str | None = None, consent: bool | None = None) -> Client:
-    """Change a client's name or email consent (the primary email has its own call, P10)."""
+    """Change a client's name or email consent (consent as ``set_email_consent`` does it; the
+    primary email has its own call, P10)."""
     now = now or clock.now()
     actor = roles.authorize(practice_id, by, "update_client")
-    changes: dict[str, Any] = {"updated_at": now}
-    if name is not None:
-        changes["name"] = validate.name(name)
+    clean_name = None if name is None else validate.name(name)
     if consent is not None:
-        changes["email_consent"] = bool(consent)
+        _check_consent(consent)
     with write():
         client = lookup.client(practice_id, client_id)
-        Client.update(**changes).where(Client.id == client.id).execute()
-        audit.record(practice_id=practice_id, client_id=client.id, actor=actor, action="client_updated", now=now,
-                     detail={k: v for k, v in changes.items() if k != "updated_at"})
+        if clean_name is not None:
+            Client.update(name=clean_name, updated_at=now).where(Client.id == client.id).execute()
+            audit.record(practice_id=practice_id, client_id=client.id, actor=actor, action="client_updated",
+                         now=now, detail={"name": clean_name})
+        if consent is not None:
+            _apply_consent(client, consent, actor=actor, now=now)
     return lookup.client(practice_id, client_id)
+
+
+@dataclass(frozen=True)
+class ConsentChange:
+    """What giving or withdrawing a client's email consent did (P2)."""
+
+    client_id: int
+    email_consent: bool
+    #: False when the client's consent was already as asked (nothing was written).
+    changed: bool
+    #: Withdrawing ends the live invitation: no more reminders, its links die.
+    revoked_invitation_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def set_email_consent(practice_id: int, client_id: int, consent: bool, *, by: str,
+                      now: datetime | None = None) -> ConsentChange:
+    """Give (``True``) or withdraw (``False``) a client's email consent after creation (P2).
+
+    Giving it sends nothing by itself: invite the client afterwards. Withdrawing it means no
+    more email to the client, so the live invitation (if any) is revoked (its follow-ups stop,
+    its links die, its unsent email is dropped) and an unsent password-reset email is dropped.
+    Access of a client who has signed in stays as it is: consent is about email, and the
+    portal link still works. Same right as ``update_client``.
+    """
+    now = now or clock.now()
+    actor = roles.authorize(practice_id, by, "update_client")
+    _check_consent(consent)
+    with write():
+        client = lookup.client(lookup.practice(practice_id).id, client_id)
+        return _apply_consent(client, consent, actor=actor, now=now)
+
+
+def _check_consent(consent: object) -> None:
+    if not isinstance(consent, bool):
+        raise InvalidInput("consent must be true or false", field="consent")
+
+
+def _apply_consent(client: Client, consent: bool, *, actor: str, now: datetime) -> ConsentChange:
+    """Inside a write transaction: store the consent and, on withdrawal, stop every email owed."""
+    if bool(client.email_consent) == consent:
+        return ConsentChange(client.id, consent, changed=False)
+    Client.update(email_consent=consent, updated_at=now).where(Client.id == client.id).execute()
+    live = None
+    if not consent:
+        # A step already queued re-reads the invitation, finds it revoked and sends nothing.
+        live = access.live_for_update(client.id)
+        if live is not None:
+            access.revoke_invitation(live, actor=actor, now=now, reason="consent_withdrawn")
+        OutboxEmail.update(status="superseded").where(
+            (OutboxEmail.client == client.id) & (OutboxEmail.kind == "reset") & (OutboxEmail.status == "pending")
+        ).execute()
+    audit.record(practice_id=client.practice_id, client_id=client.id, invitation_id=live.id if live else None,
+                 actor=actor, action="consent_given" if consent else "consent_withdrawn", now=now)
+    return ConsentChange(client.id, consent, changed=True, revoked_invitation_id=live.id if live else None)

@@ -7,14 +7,17 @@ function gets a ``playhouse.migrate.SchemaMigrator`` and runs inside one transac
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from datetime import datetime
+from typing import cast
 
-from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import SchemaMigrator, migrate
 
-from engine import clock
+from engine import clock, idempotency
 from engine.db import db, is_postgres
-from engine.models import MODELS, AuditEvent, Client, Invitation, SchemaVersion, Token
+from engine.models import MODELS, AuditEvent, Client, IdempotencyKey, Invitation, SchemaVersion, Token
 
 
 def _initial(migrator: SchemaMigrator) -> None:
@@ -37,11 +40,32 @@ def _composite_indexes_only(migrator: SchemaMigrator) -> None:
     db.create_tables([Client, AuditEvent, Token], safe=True)
 
 
+def _idempotency_key_client(migrator: SchemaMigrator) -> None:
+    # A key now remembers the client a create_client made, and fingerprints the operation's
+    # name with its parameters. Keys taken before hashed an invite's (client, kind, message):
+    # those that still match their invitation get the new fingerprint, so a retry across the
+    # upgrade gets its first result; any other keeps a hash nothing matches (a conflict, never
+    # a duplicate) until it expires, within a day.
+    # Migration 1 makes the current tables: a database born at version 4 has the column.
+    if "client_id" not in {c.name for c in db.get_columns("idempotency_key")}:
+        migrate(migrator.add_column("idempotency_key", "client_id", IdempotencyKey.client))
+    rows = (IdempotencyKey.select(IdempotencyKey.id, IdempotencyKey.request_hash, Invitation.client,
+                                  Invitation.kind, Invitation.custom_message).join(Invitation).tuples())
+    legacy = cast(list[tuple[int, str, int, str, str | None]], list(rows))
+    for key_id, old_hash, client_id, kind, message in legacy:
+        body = json.dumps({"client": client_id, "kind": kind, "message": message}, sort_keys=True)
+        if old_hash == hashlib.sha256(body.encode()).hexdigest():
+            IdempotencyKey.update(
+                client=client_id, request_hash=idempotency.fingerprint("invite", client_id=client_id, message=message),
+            ).where(IdempotencyKey.id == key_id).execute()
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[SchemaMigrator], None]]] = [
     (1, "initial tables", _initial),
     (2, "unique index: one live invitation per client", _one_live_invitation_index),
     (3, "composite indexes: client (practice_id, id); audit_event, token without redundant ones",
      _composite_indexes_only),
+    (4, "idempotency_key.client_id: the first result of create_client", _idempotency_key_client),
 ]
 
 

@@ -10,15 +10,25 @@ MAX_NAME = 200
 MAX_MESSAGE = 2000
 
 
+#: Refused everywhere: control characters (C0, DEL, C1), invisible format characters (bidi
+#: overrides can make text read other than it is) and the Unicode line/paragraph separators.
+_REFUSED = ("Cc", "Cf", "Zl", "Zp")
+
+
 def clean_text(value: object, *, field: str, max_len: int, multiline: bool = False) -> str:
-    """Trimmed text without control characters (newlines kept only where ``multiline``)."""
+    """Trimmed text without control characters.
+
+    Where ``multiline``, line breaks are kept, CR, LF and CRLF each becoming one LF. Every
+    other control character is refused, tab included: the HTML part would collapse it, and a
+    stray one pasted from a spreadsheet is more likely than one meant.
+    """
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be text", field=field)
-    allowed = {"\n"} if multiline else set()
     text = value.replace("\r\n", "\n").replace("\r", "\n") if multiline else value
     for ch in text:
-        if ch not in allowed and unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
-            raise InvalidInput(f"{field} contains a control character", field=field)
+        if unicodedata.category(ch) in _REFUSED and not (multiline and ch == "\n"):
+            allowed = " (line breaks are fine)" if multiline else ""
+            raise InvalidInput(f"{field} contains a control character, U+{ord(ch):04X}{allowed}", field=field)
     text = text.strip()
     if len(text) > max_len:
         raise InvalidInput(f"{field} is longer than {max_len} characters", field=field)
@@ -33,7 +43,11 @@ def name(value: object, *, field: str = "name") -> str:
 
 
 def message(value: object | None) -> str | None:
-    """A staff-written custom message: plain text, escaped when rendered, length-limited."""
+    """A staff-written custom message: plain text, escaped when rendered, at most 2000 characters.
+
+    Line breaks (CR, LF, CRLF) are kept as LF; any other control character, tab included,
+    raises ``InvalidInput``. Blank means no message.
+    """
     if value is None:
         return None
     text = clean_text(value, field="message", max_len=MAX_MESSAGE, multiline=True)

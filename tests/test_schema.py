@@ -25,9 +25,9 @@ def test_migration_3_swaps_single_column_indexes_for_the_composite_ones(broker):
                                 ("audit_event_invitation_id", "audit_event", "invitation_id"),
                                 ("token_client_id", "token", "client_id")):
         db.execute_sql(f'CREATE INDEX "{name}" ON "{table}" ("{column}")')
-    SchemaVersion.delete().where(SchemaVersion.version == 3).execute()
+    SchemaVersion.delete().where(SchemaVersion.version >= 3).execute()
     assert schema.current_version() == 2
 
-    assert schema.upgrade() == [3]
+    assert schema.upgrade() == [3, 4]  # 4 finds its column there already
     assert {table: _indexes(table) for table in tables} == fresh
     assert schema.upgrade() == []

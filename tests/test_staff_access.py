@@ -212,6 +212,31 @@ def test_p11_bad_message_or_never_invited_is_refused_and_changes_nothing(practic
         engine.resend(practice.id, fresh.id, by=staff_by)
 
 
+@pytest.mark.parametrize("breaks", ["\n", "\r\n", "\r"], ids=["LF", "CRLF", "CR"])
+def test_p11_resend_message_keeps_line_breaks_as_lf(practice, client_factory, staff_by, clock, worker, sink,
+                                                    breaks):
+    client, _ = invited(practice, client_factory, staff_by, worker, sink, "lines@example.test")
+    resent = engine.resend(practice.id, client.id, by=staff_by, message=f"  Dear Rosa,{breaks}{breaks}See you{breaks}")
+    assert resent.custom_message == "Dear Rosa,\n\nSee you"
+    worker.drain()
+    mail = sink.to("lines@example.test")[-1]
+    assert "Dear Rosa,\n\nSee you" in body(mail, "plain")
+    assert "Dear Rosa,<br>" in body(mail, "html").replace("<br />", "<br>").replace("<br/>", "<br>")
+
+
+@pytest.mark.parametrize("bad", ["tab\there", "vertical\x0btab", "form\x0cfeed", "nul\x00", "next\x85line",
+                                 "line\u2028separator", "bidi\u202eoverride", "esc\x1b[31m"])
+def test_p11_resend_message_refuses_other_control_characters(practice, client_factory, staff_by, clock, worker,
+                                                             sink, bad):
+    client, token = invited(practice, client_factory, staff_by, worker, sink, "ctl@example.test")
+    before = actions(practice, client_id=client.id)
+    with pytest.raises(engine.InvalidInput) as refused:
+        engine.resend(practice.id, client.id, by=staff_by, message=bad)
+    assert refused.value.details["field"] == "message" and "line breaks are fine" in refused.value.message
+    assert actions(practice, client_id=client.id) == before
+    assert engine.verify_token(practice.id, token).client_id == client.id
+
+
 def test_p12_no_resend_after_sign_in_share_the_portal_link_instead(practice, client_factory, staff_by, clock,
                                                                    worker, sink):
     client, token = invited(practice, client_factory, staff_by, worker, sink, "signed@example.test")

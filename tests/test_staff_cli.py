@@ -156,3 +156,30 @@ def test_cli_staff_commands_as_a_real_process(tmp_path, redis_client):
         assert refused.returncode == 1 and refused.stderr.startswith("invites: refused (not_signed_in)")
     finally:
         redis_client.flushdb()
+
+
+def test_p12_cli_resend_after_sign_in_shows_portal_link(run, practice, client_factory, staff_by, clock, worker,
+                                                        sink):
+    client = client_factory(email="in@example.test")
+    engine.invite(practice.id, client.id, by=staff_by)
+    engine.record_sign_in(practice.id, client.id)
+    code, out, err = run("resend", practice.id, client.id, "--by", staff_by)
+    assert (code, out) == (1, "")
+    assert err.startswith("invites: refused (already_signed_in)")
+    assert err.strip().endswith(practice.portal_url) and len(err.strip().splitlines()) == 1
+    code, _, err = run("invite", practice.id, client.id, "--by", staff_by)
+    assert code == 1 and practice.portal_url in err
+
+
+def test_p11_cli_resend_message_keeps_line_breaks_and_refuses_a_tab(run, practice, client_factory, staff_by,
+                                                                    clock, worker, sink):
+    client = client_factory(email="lines@example.test")
+    engine.invite(practice.id, client.id, by=staff_by)
+    code, _, err = run("resend", practice.id, client.id, "--message", "Columns\tnot welcome", "--by", staff_by)
+    assert code == 1 and "(invalid_input)" in err and "U+0009" in err
+    resent = ok_json(run("resend", practice.id, client.id, "--message", "Line one\r\nLine two", "--by", staff_by,
+                         "--json"))
+    assert engine.portal_status(practice.id, client.id).invitation_id == resent["invitation_id"]
+    from engine.models import Invitation
+
+    assert Invitation.get_by_id(resent["invitation_id"]).custom_message == "Line one\nLine two"
