@@ -22,6 +22,7 @@ OK, REFUSED, USAGE, UNAVAILABLE = 0, 1, 2, 3
 #: 128 + SIGPIPE: what a shell reports for a command whose reader went away (``yes | head``).
 PIPE_CLOSED = 141
 
+
 def duration_s(text: str) -> int:
     """``90``, ``90s``, ``15m``, ``6h``, ``14d`` → seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
