@@ -1,7 +1,9 @@
-"""Process entry: APScheduler runs the periodic sweep. Run ``python scheduler.py``.
+"""Process entry: APScheduler runs the periodic sweep. Run ``python scheduler.py`` (or ``invites scheduler``).
 
-Only wiring. The sweep is safe with several scheduler processes at once (the claim is), so a
-second one is a spare, not a hazard.
+Only wiring. It exits 3 when the database or the broker does not answer at start, 1 when the
+schema is not upgraded (``engine.runtime.start_process``); once running, it rides out outages.
+The sweep is safe with several scheduler processes at once (the claim is), so a second one is a
+spare, not a hazard.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from engine import clock
 from engine.db import connection
-from engine.logs import setup_logging
-from engine.runtime import boot
+from engine.runtime import start_process
 from engine.settings import Settings, get_settings
 
 logger = logging.getLogger("invites.scheduler")
@@ -57,8 +58,7 @@ def build_scheduler(settings: Settings) -> BlockingScheduler:
 
 
 def main() -> int:
-    setup_logging(get_settings().log_format)
-    settings = boot()
+    settings = start_process("scheduler")
     scheduler = build_scheduler(settings)
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware, MiddlewareError, Retries, TimeLimit
 
@@ -149,6 +150,26 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker
+
+
+def ping(url: str, *, timeout_s: float) -> None:
+    """Connect to the broker at ``url`` once, giving up after about ``timeout_s``; raises what the client raised.
+
+    A client of its own with short timeouts: Dramatiq's connections have none, so an unreachable
+    host would hold a process at start for minutes (the kernel's TCP timeout).
+    """
+    if url.startswith(("amqp://", "amqps://")):
+        import pika
+
+        params = pika.URLParameters(url)
+        params.connection_attempts, params.socket_timeout, params.stack_timeout = 1, timeout_s, timeout_s
+        pika.BlockingConnection(params).close()
+        return
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        client.ping()
+    finally:
+        client.close()
 
 
 def setup_broker(settings: Settings) -> dramatiq.Broker:

@@ -1,7 +1,8 @@
 """The ``invites`` command: the engine's operations for people and scripts.
 
-Exit codes: 0 done; 1 refused by the engine (the line says why, with its code); 2 bad usage;
-3 a service (database, broker) did not answer.
+Exit codes: 0 done; 1 refused by the engine (the line says why, with its code; a database
+whose schema is not upgraded is one); 2 bad usage; 3 a service (database, broker) did not
+answer; 141 standard output closed early (``| head``), quietly, as a shell pipeline expects.
 """
 
 from __future__ import annotations
@@ -9,16 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from engine.errors import InviteError
+from engine.errors import InviteError, ServiceUnavailable
 
 OK, REFUSED, USAGE, UNAVAILABLE = 0, 1, 2, 3
-
-Handler = Callable[[argparse.Namespace], Any]
+#: 128 + SIGPIPE: what a shell reports for a command whose reader went away (``yes | head``).
+PIPE_CLOSED = 141
 
 
 def duration_s(text: str) -> int:
@@ -174,6 +176,9 @@ def _sweep(args: argparse.Namespace) -> None:
                    lease_s=settings.step_lease_s)
     emit(args, result.__dict__, lambda r: f"claimed {r['claimed']}, enqueued {r['enqueued']} "
                                           f"in {r['batches']} batches ({r['duration_ms']:.1f} ms)")
+    if result.enqueued < result.claimed:
+        raise ServiceUnavailable(f"the broker took {result.enqueued} of {result.claimed} nudges; "
+                                 "the rest are sent again when their lease runs out")
 
 
 def _diagram(args: argparse.Namespace) -> None:
@@ -182,12 +187,21 @@ def _diagram(args: argparse.Namespace) -> None:
     print(diagram())
 
 
-def _exec(module: str) -> Handler:
-    def run(args: argparse.Namespace) -> None:
-        argv = [sys.executable, "-m", *module.split(), *args.rest]
-        os.execv(sys.executable, argv)
+def _worker(args: argparse.Namespace) -> None:
+    from engine.runtime import check_services
+    from engine.settings import get_settings
 
-    return run
+    # Checked here too (worker.py checks in each worker process) so that a broker that does not
+    # answer is one line and exit 3, before Dramatiq starts any process.
+    check_services(get_settings())
+    options = list(args.dramatiq_options)
+    if options[:1] == ["--"]:  # `invites worker -- --processes 1` meant the options, not a module
+        options = options[1:]
+    os.execv(sys.executable, [sys.executable, "-m", "dramatiq", "worker", *options])
+
+
+def _scheduler(args: argparse.Namespace) -> None:
+    os.execv(sys.executable, [sys.executable, "-m", "scheduler"])
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -203,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("db", help="create or upgrade the schema")
     p.add_argument("action", choices=["upgrade"])
-    p.set_defaults(func=_db_upgrade, needs_broker=False)
+    p.set_defaults(func=_db_upgrade, needs_broker=False, needs_schema=False)
 
     practice = sub.add_parser("practice", help="create a practice").add_subparsers(dest="sub", required=True)
     p = practice.add_parser("create", help="a new practice with its portal settings")
@@ -294,12 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diagram", help="print the workflow's state diagram (Mermaid)")
     p.set_defaults(func=_diagram, needs_db=False, needs_broker=False)
 
-    p = sub.add_parser("worker", help="run a Dramatiq worker (arguments go to `dramatiq`)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_exec("dramatiq worker"), needs_db=False, needs_broker=False)
-    p = sub.add_parser("scheduler", help="run the scheduler (the periodic sweep)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_exec("scheduler"), needs_db=False, needs_broker=False)
+    p = sub.add_parser(
+        "worker", usage="invites worker [DRAMATIQ OPTIONS]", help="run Dramatiq worker processes (`dramatiq worker`)",
+        description="Run `dramatiq worker [DRAMATIQ OPTIONS]`: every option of `dramatiq --help` is passed on, "
+        "e.g. `invites worker --processes 2 --threads 8` (or -p 2 -t 8). Exits 3 at once when the database or "
+        "the broker does not answer, 1 when the schema is not upgraded; once running, it rides out outages.",
+    )
+    p.set_defaults(func=_worker, needs_db=False, needs_broker=False, passes_options=True)
+    p = sub.add_parser(
+        "scheduler", help="run the scheduler (the periodic sweep), as `python scheduler.py`",
+        description="Run the periodic sweep until SIGTERM or Ctrl-C. Exits 3 at once when the database or the "
+        "broker does not answer, 1 when the schema is not upgraded; once running, it rides out outages.",
+    )
+    p.set_defaults(func=_scheduler, needs_db=False, needs_broker=False)
 
     for register in _extensions():
         register(sub)
@@ -324,29 +345,63 @@ def _extensions() -> list[Callable[[Any], None]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "passes_options", False):
+        args.dramatiq_options = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if getattr(args, "needs_db", True):
             from engine.db import connection
-            from engine.runtime import boot
+            from engine.runtime import boot, require_schema
 
             boot(with_broker=getattr(args, "needs_broker", True))
             with connection():
+                if getattr(args, "needs_schema", True):
+                    require_schema()
                 args.func(args)
         else:
             args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
+    except BrokenPipeError as exc:
+        if not _stdout_closed():
+            return _unavailable(exc)
+        # Quiet, as `cat` or `ls` in a pipeline; the interpreter's own flush at exit would
+        # complain again, so standard output now goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return PIPE_CLOSED
+    except ServiceUnavailable as exc:
+        print(f"invites: a service did not answer: {exc.message}", file=sys.stderr)
+        return UNAVAILABLE
     except InviteError as exc:
         print(f"invites: refused ({exc.code}): {exc.message}", file=sys.stderr)
         return REFUSED
     except (ConnectionError, OSError) as exc:
-        print(f"invites: a service did not answer: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return UNAVAILABLE
+        return _unavailable(exc)
     except Exception as exc:  # noqa: BLE001 - peewee/redis errors: one line, not a traceback
         if type(exc).__module__.split(".")[0] in ("peewee", "redis", "psycopg2", "dramatiq", "pika", "sqlite3"):
-            print(f"invites: a service did not answer: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return UNAVAILABLE
+            return _unavailable(exc)
         raise
     return OK
+
+
+def _unavailable(exc: BaseException) -> int:
+    print(f"invites: a service did not answer: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+    return UNAVAILABLE
+
+
+def _stdout_closed() -> bool:
+    """Whether the reader of our standard output has gone (a pipe without reader polls as an error).
+
+    Library sockets wrap their broken pipes (Redis, psycopg2, pika), but this tells for sure
+    that the BrokenPipeError was ours to write and not a service's.
+    """
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll(), or stdout is no file: assume ours
+        return True
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """``invites ops``: see and steer the queues (docs/operations.md is the guide).
 
 ``engine.cli`` calls ``register(subparsers)``. ``status`` and ``dead-letters list`` print text,
-or JSON with ``--json``; ``serve`` runs the status page until Ctrl-C.
+or JSON with ``--json``; ``serve`` runs the status page until Ctrl-C. ``status`` with the broker
+down still prints what the database says, then exits 3.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from typing import Any
 
 from engine.cli import add_json, emit
+from engine.errors import ServiceUnavailable
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -19,6 +21,10 @@ def _status(args: argparse.Namespace) -> None:
 
     status = ops.collect(clock.now(), broker=runtime.broker(), settings=get_settings())
     emit(args, status.to_dict(), status_text)
+    if status.broker_error:
+        # The report is still worth printing (the database's figures); the exit code tells a
+        # cron check or a script that a service did not answer.
+        raise ServiceUnavailable(f"the broker ({status.broker_error})")
 
 
 def status_text(v: dict[str, Any]) -> str:

@@ -189,3 +189,9 @@ class NotSignedIn(InviteError):
     """The client has not signed in yet: a password reset needs access in use (P7); resend instead."""
 
     code = "not_signed_in"
+
+
+class SchemaNotUpgraded(InviteError):
+    """The database has no schema yet, or lacks migrations this release needs: run ``invites db upgrade``."""
+
+    code = "schema_not_upgraded"

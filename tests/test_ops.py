@@ -326,7 +326,7 @@ def test_dramatiq_metrics_from_a_worker_run_by_the_dramatiq_command(engine_runti
     prom_dir.mkdir()
     env = {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'worker.db'}",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'scrape.db'}",  # upgraded above: a worker refuses a bare one
         "WORKER_PROMETHEUS": "1",
         "dramatiq_prom_host": "127.0.0.1",
         "dramatiq_prom_port": str(port),

@@ -113,6 +113,8 @@ def test_rabbitmq_worker_refuses_limits_beyond_the_consumer_timeout(tmp_path):
     # Given a RabbitMQ whose consumer_timeout (1 min) is shorter than a step's time limit (1.5 min)
     env = {**os.environ, "BROKER_URL": TEST_AMQP_URL, "DATABASE_URL": f"sqlite:///{tmp_path / 'invites.db'}",
            "RABBITMQ_CONSUMER_TIMEOUT_MS": "60000", "STEP_TIME_LIMIT_MS": "90000"}
+    subprocess.run([sys.executable, "-m", "engine.cli", "db", "upgrade"], env=env, cwd=ROOT, check=True,
+                   capture_output=True, timeout=60)  # a worker refuses a database without its schema
     # When a worker starts, it stops at once and names the actors that would be cut off
     run = subprocess.run([DRAMATIQ, "--processes", "1", "--threads", "1", "worker"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
