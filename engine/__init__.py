@@ -54,6 +54,7 @@ from engine.errors import (
 # Invitations, sign-in, links
 from engine.invitations import TokenInfo, invite, record_sign_in, redeem_token, verify_token
 from engine.mass import MassInviteReport, mass_invite  # staff operations
+from engine.password_check import check_password
 from engine.portal import PortalLink, PortalSwitch, portal_link, set_portal_enabled  # staff operations
 
 # Practices, staff, clients
@@ -127,6 +128,7 @@ __all__ = [
     "update_practice",
     # Invitations, sign-in, links
     "TokenInfo",
+    "check_password",
     "invite",
     "record_sign_in",
     "redeem_token",
