@@ -1,7 +1,7 @@
 """Process entry: APScheduler runs the periodic sweep. Run ``python scheduler.py`` (or ``invites scheduler``).
 
 Only wiring. It exits 3 when the database or the broker does not answer at start, 1 when the
-schema is not upgraded (``engine.runtime.start_process``); once running, it rides out outages.
+schema is not upgraded (``engine.core.runtime.start_process``); once running, it rides out outages.
 The sweep is safe with several scheduler processes at once (the claim is), so a second one is a
 spare, not a hazard.
 """
@@ -15,16 +15,16 @@ from types import FrameType
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from engine import clock
-from engine.db import connection
-from engine.runtime import start_process
-from engine.settings import Settings, get_settings
+from engine.core import clock
+from engine.core.db import connection
+from engine.core.runtime import start_process
+from engine.core.settings import Settings, get_settings
 
 logger = logging.getLogger("invites.scheduler")
 
 
 def run_sweep() -> None:
-    from engine.heartbeat import record_sweep
+    from engine.monitoring.heartbeat import record_sweep
     from workflows.actors import enqueue_steps
     from workflows.sweep import sweep
 

@@ -6,9 +6,9 @@ not answer, 1 when the schema is not upgraded), database, broker, then the actor
 
 from __future__ import annotations
 
+from engine.core.runtime import broker as _broker
+from engine.core.runtime import start_process
 from engine.mail import compile_all
-from engine.runtime import broker as _broker
-from engine.runtime import start_process
 
 settings = start_process("worker")
 compile_all()  # a broken template stops the worker at start, not at the first email

@@ -2,7 +2,7 @@
 worker's message runs again.
 
 Enqueue: ``advance_invitation`` messages sent one after the other from one thread, through the
-broker ``engine.broker.build_broker`` makes (RabbitMQ with publisher confirms), and RabbitMQ
+broker ``engine.core.broker.build_broker`` makes (RabbitMQ with publisher confirms), and RabbitMQ
 without confirms for comparison.
 
 Redelivery: worker A takes an invitation's first step and hangs in an SMTP conversation with a
@@ -61,7 +61,7 @@ def one_run(broker_url: str, sink: common.SmtpSink, folder: Path) -> float:
     env = {**os.environ, "BROKER_URL": broker_url, "DATABASE_URL": db_url, "STEP_TIME_LIMIT_MS": "2000",
            "LOG_FORMAT": "text"}
     setup = (
-        "import engine; from engine.runtime import boot; from engine import schema; from engine.db import db;"
+        "import engine; from engine.core.runtime import boot; from engine import schema; from engine.core.db import db;"
         "boot(); db.connect(); schema.drop_all(); schema.upgrade();"
         "p = engine.create_practice('Redelivery Vets');"
         "a = engine.create_staff(p.id, 'Ada', 'ada@r.test', 'admin');"
@@ -111,9 +111,9 @@ def enqueue_rate(broker: Any, n: int) -> float:
 def enqueue_figures(urls: dict[str, str], n: int, repeat: int) -> None:
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-    from engine.broker import build_broker
-    from engine.runtime import boot
-    from engine.settings import Settings
+    from engine.core.broker import build_broker
+    from engine.core.runtime import boot
+    from engine.core.settings import Settings
 
     os.environ.update(DATABASE_URL="sqlite:///:memory:", BROKER_URL=next(iter(urls.values())))
     boot()  # declares the actors (on a broker we do not use here)

@@ -29,9 +29,9 @@ CPU_US: dict[str, list[float]] = {"noop": [], "sqlite": [], "postgres": []}
 
 def run_invitations(kind: str, n: int, sink: common.SmtpSink, *, processes: int, threads: int) -> float:
     """Invitations per second, queued → accepted by the SMTP sink (fresh database each run)."""
-    from engine.broker import QUEUE
-    from engine.db import db
-    from engine.models import Invitation
+    from engine.core.broker import QUEUE
+    from engine.core.db import db
+    from engine.core.models import Invitation
     from workflows.actors import enqueue_steps
 
     with common.fresh_database(kind) as url:
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [k for k in args.databases.split(",") if k]
     LOGS.mkdir(parents=True, exist_ok=True)
 
-    from engine.logs import setup_logging
-    from engine.runtime import boot
+    from engine.core.logs import setup_logging
+    from engine.core.runtime import boot
 
     setup_logging("text", level=30)
     boot()

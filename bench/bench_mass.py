@@ -27,7 +27,7 @@ TARGET = 3.0
 def run_mass(kind: str, clients: int) -> tuple[float, dict[str, float]]:
     """Invitations per second of ``mass_invite``, and where its time went (seconds)."""
     from engine import create_staff
-    from engine.mass import mass_invite
+    from engine.operations.mass import mass_invite
 
     with common.fresh_database(kind):
         now = common.now_utc()
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kinds = [k for k in args.databases.split(",") if k]
 
-    from engine.logs import setup_logging
-    from engine.runtime import boot
+    from engine.core.logs import setup_logging
+    from engine.core.runtime import boot
 
     setup_logging("text", level=30)
     boot()

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     LOGS.mkdir(parents=True, exist_ok=True)
 
-    from engine.db import db
-    from engine.logs import setup_logging
-    from engine.runtime import boot
+    from engine.core.db import db
+    from engine.core.logs import setup_logging
+    from engine.core.runtime import boot
     from workflows.actors import enqueue_steps
 
     setup_logging("text", level=30)

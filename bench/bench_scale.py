@@ -88,9 +88,9 @@ def _load_due_reminders(n: int) -> list[int]:
 
 def run(path: str, n: int, sink: Any, *, processes: int, threads: int) -> tuple[float, list[float]]:
     """Emails per second along ``path`` ("first" or "reminders"), and the workers' peak RSS (MiB)."""
-    from engine.broker import QUEUE
-    from engine.db import db
-    from engine.models import Invitation
+    from engine.core.broker import QUEUE
+    from engine.core.db import db
+    from engine.core.models import Invitation
     from workflows.actors import enqueue_steps
     from workflows.sweep import sweep
 
@@ -140,8 +140,8 @@ SIZES: dict[str, float] = {}
 
 
 def _bytes_per_row() -> dict[str, float]:
-    from engine.db import db
-    from engine.models import AuditEvent, Client, Invitation, OutboxEmail, Token
+    from engine.core.db import db
+    from engine.core.models import AuditEvent, Client, Invitation, OutboxEmail, Token
 
     sizes = {}
     for model in (Client, Invitation, Token, OutboxEmail, AuditEvent):
@@ -156,7 +156,7 @@ def _bytes_per_row() -> dict[str, float]:
 
 def run_sweep_alone(n: int) -> tuple[float, float]:
     """(claims/s with nudges to Redis, claims/s with the enqueue left out), one sweeper."""
-    from engine.db import db
+    from engine.core.db import db
     from workflows.actors import enqueue_steps
     from workflows.sweep import sweep
 
@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     LOGS.mkdir(parents=True, exist_ok=True)
 
-    from engine.logs import setup_logging
-    from engine.runtime import boot
+    from engine.core.logs import setup_logging
+    from engine.core.runtime import boot
 
     setup_logging("text", level=30)
     boot()

@@ -27,8 +27,8 @@ TARGET_GROWTH = 1.5
 
 
 def _plan(now_param: object) -> str:
-    from engine.db import db
-    from engine.models import Invitation
+    from engine.core.db import db
+    from engine.core.models import Invitation
     from workflows.sweep import due_condition
 
     query = Invitation.select(Invitation.id).where(due_condition(now_param)).order_by(Invitation.next_action_at)
@@ -39,8 +39,8 @@ def _plan(now_param: object) -> str:
 
 
 def measure(kind: str, sizes: list[int], due: int, repeat: int) -> dict[int, common.Figure]:
-    from engine.db import db
-    from engine.models import Invitation
+    from engine.core.db import db
+    from engine.core.models import Invitation
     from workflows.sweep import claim_due
 
     figures: dict[int, common.Figure] = {}
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.pending.split(",")]
 
-    from engine.runtime import boot
+    from engine.core.runtime import boot
 
     boot(with_broker=False)
     common.header(f"sweep: claim {args.due:,} due among {', '.join(f'{s:,}' for s in sizes)} pending")

@@ -273,8 +273,8 @@ def _recreate_pg(url: str) -> None:
 @contextlib.contextmanager
 def fresh_database(kind: str) -> Iterator[str]:
     """An empty database with the current schema, the engine pointed at it; yields its URL."""
-    from engine import schema
-    from engine.db import db, init_db
+    from engine.core import schema
+    from engine.core.db import db, init_db
 
     with tempfile.TemporaryDirectory(prefix="bench-db-") as tmp:
         url = database_url(kind, Path(tmp))
@@ -293,7 +293,7 @@ def fresh_database(kind: str) -> Iterator[str]:
 
 def insert_rows(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, page: int = 5000) -> None:
     """Raw bulk insert (``executemany``; ``execute_values`` on PostgreSQL), one transaction."""
-    from engine.db import db, is_postgres
+    from engine.core.db import db, is_postgres
 
     names = ", ".join(f'"{c}"' for c in columns)
     with db.atomic():
@@ -309,7 +309,7 @@ def insert_rows(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
 
 def utc_text(when: datetime) -> str:
     """A datetime as ``UTCDateTimeField`` stores it."""
-    from engine.db import UTCDateTimeField
+    from engine.core.db import UTCDateTimeField
 
     return str(UTCDateTimeField().db_value(when))
 
@@ -322,7 +322,7 @@ def make_practice(now: datetime, **settings: Any) -> int:
 
 def load_clients(practice_id: int, n: int, now: datetime, *, start: int = 0) -> list[int]:
     """``n`` clients with an email and consent; returns their ids."""
-    from engine.models import Client
+    from engine.core.models import Client
 
     before = _max_id(Client)
     stamp = utc_text(now)
@@ -354,7 +354,7 @@ def load_invitations(
     lease_until: datetime | None = None,
 ) -> list[int]:
     """One invitation per client in ``state``; due at ``now`` unless ``next_action_at(i)`` says."""
-    from engine.models import Invitation
+    from engine.core.models import Invitation
 
     before = _max_id(Invitation)
     stamp = utc_text(now)
@@ -380,7 +380,7 @@ def load_invitations(
 
 def analyze() -> None:
     """Refresh the planner's statistics (autovacuum/``ANALYZE`` would, in production)."""
-    from engine.db import db, is_postgres
+    from engine.core.db import db, is_postgres
 
     db.execute_sql("ANALYZE")
     if is_postgres():

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-# Staff operations on portal access (docs/staff.md); the rest of the group is marked below
-from engine.access import (
-    EmailChange,
-    Permissions,
-    change_portal_email,
-    change_primary_email,
-    disable,
-    effective_permissions,
-    permissions,
-    resend,
-    set_permissions,
-)
-
 # Set-up
-from engine.clock import Clock, ManualClock, SystemClock, now, use_clock
+from engine.core.clock import Clock, ManualClock, SystemClock, now, use_clock
 
 # Errors
-from engine.errors import (
+from engine.core.errors import (
     AccessDisabled,
     AlreadySignedIn,
     Conflict,
@@ -50,15 +37,32 @@ from engine.errors import (
     UnknownPractice,
     UnknownStaff,
 )
+from engine.core.runtime import boot
+from engine.core.schema import upgrade
+from engine.core.settings import Settings, get_settings
+
+# Staff operations on portal access (docs/staff.md); the rest of the group is marked below
+from engine.operations.access import (
+    EmailChange,
+    Permissions,
+    change_portal_email,
+    change_primary_email,
+    disable,
+    effective_permissions,
+    permissions,
+    resend,
+    set_permissions,
+)
 
 # Invitations, sign-in, links
-from engine.invitations import TokenInfo, invite, record_sign_in, redeem_token, verify_token
-from engine.mass import MassInviteReport, mass_invite  # staff operations
-from engine.password_check import check_password
-from engine.portal import PortalLink, PortalSwitch, portal_link, set_portal_enabled  # staff operations
+from engine.operations.invitations import TokenInfo, invite, record_sign_in, redeem_token, verify_token
+from engine.operations.mass import MassInviteReport, mass_invite  # staff operations
+from engine.operations.password_check import check_password
+from engine.operations.password_resets import ResetRequest, request_password_reset  # staff operations
+from engine.operations.portal import PortalLink, PortalSwitch, portal_link, set_portal_enabled  # staff operations
 
 # Practices, staff, clients
-from engine.practices import (
+from engine.operations.practices import (
     ConsentChange,
     create_client,
     create_practice,
@@ -67,15 +71,11 @@ from engine.practices import (
     update_client,
     update_practice,
 )
-from engine.resets import ResetRequest, request_password_reset  # staff operations
-from engine.runtime import boot
-from engine.schema import upgrade
-from engine.settings import Settings, get_settings
-from engine.sharing import ShareResult, share_documents  # staff operations
+from engine.operations.sharing import ShareResult, share_documents  # staff operations
 
 # Views
-from engine.status import PortalStatus, portal_status, timeline
-from engine.views import ViewPage, needs_attention, pending, scheduled
+from engine.operations.status import PortalStatus, portal_status, timeline
+from engine.operations.views import ViewPage, needs_attention, pending, scheduled
 
 __all__ = [
     # Errors

@@ -33,9 +33,9 @@ import redis
 from aiosmtpd.controller import Controller
 from dramatiq.middleware import Middleware
 
-from engine import clock as engine_clock
-from engine.db import db, init_db
-from engine.settings import Settings
+from engine.core import clock as engine_clock
+from engine.core.db import db, init_db
+from engine.core.settings import Settings
 from tests.faults import free_port
 
 TEST_PG_DSN = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/invites_test")
@@ -169,7 +169,7 @@ def base_settings(smtp_server: tuple[SinkHandler, int], tmp_path_factory: pytest
 @pytest.fixture(scope="session")
 def engine_runtime(base_settings: Settings, redis_client: redis.Redis) -> Iterator[Any]:
     """Boot the engine once: settings, broker (the tests' Redis database), actors."""
-    from engine import runtime
+    from engine.core import runtime
 
     runtime.boot(base_settings)
     yield runtime.broker()
@@ -232,7 +232,7 @@ def rabbitmq_broker(base_settings: Settings) -> Iterator[Any]:
     """Our broker built for ``TEST_AMQP_URL``; the RabbitMQ half is skipped when it does not answer."""
     import pika
 
-    from engine.broker import build_broker
+    from engine.core.broker import build_broker
 
     params = pika.URLParameters(TEST_AMQP_URL)
     params.connection_attempts, params.socket_timeout = 1, 3
@@ -276,8 +276,8 @@ def active_broker(engine_runtime: Any, broker_backend: str, request: pytest.Fixt
 def broker(active_broker: Any, database_url: str, base_settings: Settings,
            redis_client: redis.Redis) -> Iterator[Any]:
     """A clean database and broker for one test; yields the broker."""
-    from engine import schema
-    from engine.settings import configure
+    from engine.core import schema
+    from engine.core.settings import configure
     from workflows import actors
 
     configure(Settings(**{**base_settings.__dict__, "database_url": database_url}))
@@ -360,7 +360,7 @@ class RunningWorker:
 
     def drain(self, timeout_ms: int = 30_000) -> None:
         """Wait until every queue is empty and every in-flight message is done."""
-        from engine.broker import QUEUES
+        from engine.core.broker import QUEUES
 
         if hasattr(self.broker, "outstanding"):  # RabbitMQ: its queue counts miss unacked messages
             self.broker.outstanding.wait(timeout_ms)

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 import engine
-from engine.db import db, insert_rows, select_by_ids, write
-from engine.errors import TransientDeliveryError
+from engine.core.db import db, insert_rows, select_by_ids, write
+from engine.core.errors import TransientDeliveryError
+from engine.core.models import AuditEvent, Client, Invitation, OutboxEmail, PortalAccess, Practice, Token
+from engine.core.settings import get_settings
 from engine.mail import SmtpTransport, Transport
-from engine.models import AuditEvent, Client, Invitation, OutboxEmail, PortalAccess, Practice, Token
-from engine.settings import get_settings
 from tests.conftest import links
 from tests.faults import RecordingSink, smtp_transport
 from workflows import steps

@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 import redis
 
-from engine.clock import FileOffsetClock
+from engine.core.clock import FileOffsetClock
 from tests.faults import VENV_BIN, PrivateRedis, Processes, ScriptedSmtp, children, run_smtp, socket_owner
 
 LEASE_S = 5
@@ -49,8 +49,8 @@ REMINDER_AFTER_S = 3 * 86_400 + 60
 INVITER = """
 import pathlib, sys, time
 import engine
-from engine.db import connection
-from engine.runtime import boot
+from engine.core.db import connection
+from engine.core.runtime import boot
 
 boot()
 count, pause_s, quota_file = int(sys.argv[1]), float(sys.argv[2]), pathlib.Path(sys.argv[3])
@@ -306,7 +306,7 @@ class Chaos:
 
 def _progress(phase: str) -> tuple[int, set[int]]:
     """How many invitations finished the phase's step, and which have not."""
-    from engine.models import Invitation
+    from engine.core.models import Invitation
 
     rows = list(Invitation.select(Invitation.id, Invitation.state, Invitation.reminders_sent).tuples())
     done = {i for i, state, reminders in rows if (state != "queued" if phase == "invitations" else reminders >= 1)}
@@ -314,15 +314,15 @@ def _progress(phase: str) -> tuple[int, set[int]]:
 
 
 def _leases(ids: set[int]) -> dict[int, datetime | None]:
-    from engine.models import Invitation
+    from engine.core.models import Invitation
 
     query = Invitation.select(Invitation.id, Invitation.lease_until).where(Invitation.id.in_(list(ids)))
     return dict(query.tuples())
 
 
 def run_crash(tmp: Path, plan: Plan) -> dict[str, Any]:
-    from engine import schema
-    from engine.db import connection, db, init_db
+    from engine.core import schema
+    from engine.core.db import connection, db, init_db
 
     init_db(plan.database_url)
     with connection():
@@ -425,8 +425,8 @@ def run_crash(tmp: Path, plan: Plan) -> dict[str, Any]:
 
 
 def check_outcome(chaos: Chaos, plan: Plan, elapsed: float) -> dict[str, Any]:
-    from engine.db import connection
-    from engine.models import Invitation, OutboxEmail
+    from engine.core.db import connection
+    from engine.core.models import Invitation, OutboxEmail
 
     n = plan.clients
     with connection():

@@ -23,9 +23,9 @@ import psycopg2
 import pytest
 
 import engine
-from engine.db import connection, db, is_postgres, is_sqlite
-from engine.models import Invitation, OutboxEmail
-from engine.settings import get_settings
+from engine.core.db import connection, db, is_postgres, is_sqlite
+from engine.core.models import Invitation, OutboxEmail
+from engine.core.settings import get_settings
 from tests.faults import ROOT, wait_for
 from workflows.actors import enqueue_steps
 from workflows.sweep import sweep

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.db import db, init_db, write
+from engine.core.db import db, init_db, write
 from engine.mail import render
 from engine.mail.render import KINDS, render_email
 from tests.test_mail import invitation_context
@@ -41,7 +41,7 @@ def test_rendering_without_jinja_globals_gives_what_template_render_gives(kind: 
 
 WRITER = """
 import sys
-from engine.db import init_db, write, db
+from engine.core.db import init_db, write, db
 init_db(sys.argv[1])
 for _ in range(int(sys.argv[2])):
     with write():

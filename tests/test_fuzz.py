@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine import errors
-from engine.clock import SystemClock
-from engine.models import MODELS, Invitation, SchemaVersion
+from engine.core import errors
+from engine.core.clock import SystemClock
+from engine.core.models import MODELS, Invitation, SchemaVersion
 from tests.faults import ROOT
 from tests.test_security import snapshot
 
@@ -52,7 +52,7 @@ def wipe() -> None:
 def make_world(practice_factory: Callable[..., Any], clock: Any) -> World:
     from datetime import timedelta
 
-    from engine import tokens
+    from engine.core import tokens
 
     wipe()
     a, b = practice_factory("Alpha Vets"), practice_factory("Beta Vets")
@@ -205,7 +205,7 @@ def test_fuzzed_api_calls_succeed_or_refuse_with_a_code_and_no_partial_rows(
 # --- the CLI ---------------------------------------------------------------------------------------------
 
 def run_cli(argv: list[str], capsys: Any) -> tuple[int, str, str]:
-    from engine.cli import main
+    from engine.cli.main import main
 
     try:
         code = main(argv)
@@ -272,7 +272,7 @@ def test_cli_subprocess_refuses_bad_input_in_one_line(broker, practice, database
 # --- malformed messages through the broker ---------------------------------------------------------------
 
 def _dead_letters(broker: Any) -> dict[str, Any]:
-    from engine.deadletters import list_dead
+    from engine.monitoring.deadletters import list_dead
 
     return {d.message_id: d for d in list_dead(broker, now=SystemClock().now())}
 

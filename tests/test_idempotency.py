@@ -17,9 +17,9 @@ import pytest
 from peewee import CharField, ForeignKeyField
 
 import engine
-from engine import idempotency, schema
-from engine.db import UTCDateTimeField, db
-from engine.models import BaseModel, Client, IdempotencyKey, Invitation, Practice, SchemaVersion
+from engine.core import idempotency, schema
+from engine.core.db import UTCDateTimeField, db
+from engine.core.models import BaseModel, Client, IdempotencyKey, Invitation, Practice, SchemaVersion
 from tests.conftest import TEST_REDIS_URL
 
 ROOT = Path(__file__).parents[1]

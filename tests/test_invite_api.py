@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 import engine
-from engine.models import AuditEvent, IdempotencyKey, Invitation, OutboxEmail, Token
+from engine.core.models import AuditEvent, IdempotencyKey, Invitation, OutboxEmail, Token
 from tests.conftest import token_of
 
 
@@ -66,7 +66,7 @@ def test_p3_client_created_with_invite_gets_the_welcome_email(practice, staff_by
 
 
 def test_p3_create_with_invite_refused_creates_no_profile(practice):
-    from engine.models import Client
+    from engine.core.models import Client
 
     before = Client.select().count()
     with pytest.raises(engine.NoConsent):
@@ -125,7 +125,7 @@ def test_idempotency_key_too_long_is_refused(practice, client_factory):
 
 
 def test_portal_off_refuses_invitations(practice, client_factory, staff_by):
-    from engine.models import Practice
+    from engine.core.models import Practice
 
     client = client_factory()
     Practice.update(portal_enabled=False).where(Practice.id == practice.id).execute()

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from markupsafe import Markup
 
-from engine.errors import InvalidInput, MalformedEmail, PermanentDeliveryError, TransientDeliveryError
+from engine.core.errors import InvalidInput, MalformedEmail, PermanentDeliveryError, TransientDeliveryError
+from engine.core.settings import Settings
 from engine.mail import (
     FileTransport,
     SmtpTransport,
@@ -38,7 +39,6 @@ from engine.mail import (
     render_email,
     validate_address,
 )
-from engine.settings import Settings
 from tests.faults import RecordingSink, free_port, run_smtp
 
 DATE = datetime(2026, 11, 30, 15, 30, tzinfo=UTC)

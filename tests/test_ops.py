@@ -24,11 +24,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import engine
-from engine import deadletters, heartbeat, logs, lookup, metrics, ops, schema
-from engine.broker import QUEUE
-from engine.clock import SystemClock
-from engine.db import connection, init_db
-from engine.settings import get_settings
+from engine.core import logs, schema
+from engine.core.broker import QUEUE
+from engine.core.clock import SystemClock
+from engine.core.db import connection, init_db
+from engine.core.settings import get_settings
+from engine.monitoring import deadletters, heartbeat, metrics
+from engine.monitoring import figures as ops
+from engine.operations import lookup
 from tests.conftest import RunningWorker, links, token_of
 from tests.faults import free_port
 from workflows.actors import advance_invitation, enqueue_steps
@@ -304,8 +307,8 @@ def test_metrics_expose_every_documented_figure(practice, client_factory, staff_
 def test_metrics_say_when_the_broker_is_down(broker, clock):
     import redis
 
-    from engine.broker import build_broker
-    from engine.settings import Settings
+    from engine.core.broker import build_broker
+    from engine.core.settings import Settings
 
     dead = build_broker(Settings(**{**get_settings().__dict__, "broker_url": f"redis://127.0.0.1:{free_port()}/0"}))
     assert isinstance(dead.client, redis.Redis)
@@ -429,7 +432,7 @@ def test_json_log_lines_carry_invitation_and_step_and_never_a_token(
 # --- the ops CLI ----------------------------------------------------------------------------
 
 def test_cli_ops_status_and_dead_letters(practice, client_factory, staff_by, clock, broker, capsys):
-    from engine.cli import OK, REFUSED, main
+    from engine.cli.main import OK, REFUSED, main
 
     engine.invite(practice.id, client_factory().id, by=staff_by)
     nack_next(broker, 1)

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 import engine
-from engine.settings import get_settings
-from engine.statuspage import StatusApp, make_server
+from engine.core.settings import get_settings
+from engine.web.statuspage import StatusApp, make_server
 from tests.conftest import IN_CI, RunningWorker
 from workflows.actors import enqueue_steps
 from workflows.sweep import sweep
@@ -140,7 +140,7 @@ def test_status_page_shows_figures_chart_conversion_and_dead_letters(
 
 
 def test_status_page_says_when_the_database_is_down(broker, clock, page):
-    from engine.db import init_db
+    from engine.core.db import init_db
 
     init_db("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")  # the broker fixture restores it
     code, _, body = get(page + "/api/status")

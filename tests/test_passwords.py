@@ -15,9 +15,10 @@ import pytest
 from argon2 import PasswordHasher
 
 import engine
-from engine import lookup, passwords, tokens
-from engine.db import db
-from engine.models import PortalAccess
+from engine.core import passwords, tokens
+from engine.core.db import db
+from engine.core.models import PortalAccess
+from engine.operations import lookup
 
 PASSWORD = "correct horse battery staple"
 # Made by the scrypt code this project used before Argon2id (N=2^14, r=8, p=1) for PASSWORD.

@@ -21,8 +21,8 @@ import pika
 import pytest
 
 import engine
-from engine.broker import build_broker
-from engine.settings import Settings
+from engine.core.broker import build_broker
+from engine.core.settings import Settings
 from tests.conftest import TEST_AMQP_URL, _backends
 from workflows.actors import advance_invitation
 

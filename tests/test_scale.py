@@ -22,10 +22,10 @@ import psycopg2
 import pytest
 
 import engine
-from engine.clock import FileOffsetClock, use_clock
-from engine.db import connection, db, init_db
-from engine.models import Client, Invitation, OutboxEmail
-from engine.settings import Settings, configure, get_settings
+from engine.core.clock import FileOffsetClock, use_clock
+from engine.core.db import connection, db, init_db
+from engine.core.models import Client, Invitation, OutboxEmail
+from engine.core.settings import Settings, configure, get_settings
 from tests.conftest import TEST_PG_DSN, RunningWorker
 from workflows.sweep import claim_due
 
@@ -85,7 +85,7 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout_s: float, on_time
 CLAIMER = r"""
 import json, os, sys, time
 from datetime import datetime
-from engine.db import connection, init_db
+from engine.core.db import connection, init_db
 from workflows.sweep import claim_due
 
 init_db(os.environ["DATABASE_URL"])

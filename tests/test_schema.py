@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine import schema
-from engine.db import db
-from engine.models import SchemaVersion
+from engine.core import schema
+from engine.core.db import db
+from engine.core.models import SchemaVersion
 
 
 def _indexes(table: str) -> dict[str, tuple[tuple[str, ...], bool]]:

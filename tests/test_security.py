@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 
 import engine
-from engine import tokens
-from engine.db import connection
-from engine.models import MODELS, Client, Invitation, Token
-from engine.settings import configure, get_settings
+from engine.core import tokens
+from engine.core.db import connection
+from engine.core.models import MODELS, Client, Invitation, Token
+from engine.core.settings import configure, get_settings
 from tests.conftest import token_of
 from tests.faults import ROOT
 from workflows import actors

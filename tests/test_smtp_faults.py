@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 import engine
-from engine.models import Invitation, OutboxEmail
-from engine.settings import configure, get_settings
+from engine.core.models import Invitation, OutboxEmail
+from engine.core.settings import configure, get_settings
 from tests.faults import ScriptedSmtp, Slow, free_port, run_smtp, silent_server, wait_for
 from workflows import actors
 

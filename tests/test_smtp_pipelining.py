@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.errors import PermanentDeliveryError, TransientDeliveryError
+from engine.core.errors import PermanentDeliveryError, TransientDeliveryError
 from engine.mail import SmtpTransport
 from tests.faults import RecordingSink, smtp_transport
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 import engine
-from engine.models import Invitation, PortalAccess
+from engine.core.models import Invitation, PortalAccess
 from tests.conftest import RunningWorker, token_of
 from workflows.actors import enqueue_steps
 from workflows.sweep import sweep
@@ -82,7 +82,7 @@ def test_p9_change_portal_email_revokes_pending_links_and_resends(practice, clie
     assert engine.portal_status(practice.id, client.id).portal_email == "new@example.test"
     assert Invitation.get_by_id(change.revoked_invitation_id).state == "revoked"
     assert (staff_by, "portal_email_changed") in actions(practice, client_id=client.id)
-    from engine.models import Client
+    from engine.core.models import Client
 
     assert Client.get_by_id(client.id).primary_email == "old@example.test"
     # Reminders go to the new address only.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.cli import main
+from engine.cli.main import main
 from tests.conftest import TEST_REDIS_URL, token_of
 
 ROOT = Path(__file__).parents[1]
@@ -25,7 +25,7 @@ def run(capsys, monkeypatch, broker):
     The process is booted already (the test's database, broker and worker); booting again would
     swap the database under worker threads that are using it. The real process is tested below.
     """
-    monkeypatch.setattr("engine.runtime.boot", lambda *args, **kwargs: None)
+    monkeypatch.setattr("engine.core.runtime.boot", lambda *args, **kwargs: None)
 
     def invoke(*args: object) -> tuple[int, str, str]:
         code = main([str(a) for a in args])
@@ -180,6 +180,6 @@ def test_p11_cli_resend_message_keeps_line_breaks_and_refuses_a_tab(run, practic
     resent = ok_json(run("resend", practice.id, client.id, "--message", "Line one\r\nLine two", "--by", staff_by,
                          "--json"))
     assert engine.portal_status(practice.id, client.id).invitation_id == resent["invitation_id"]
-    from engine.models import Invitation
+    from engine.core.models import Invitation
 
     assert Invitation.get_by_id(resent["invitation_id"]).custom_message == "Line one\nLine two"

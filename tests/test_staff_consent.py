@@ -7,8 +7,8 @@ import json
 import pytest
 
 import engine
-from engine.cli import main
-from engine.models import OutboxEmail
+from engine.cli.main import main
+from engine.core.models import OutboxEmail
 from tests.conftest import token_of
 from workflows.actors import enqueue_steps
 from workflows.sweep import sweep
@@ -112,7 +112,7 @@ def test_p2_update_client_withdrawing_consent_does_the_same(practice, client_fac
 @pytest.fixture
 def run(capsys, monkeypatch, broker):
     """``invites …`` in this process (booted already): returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr("engine.runtime.boot", lambda *args, **kwargs: None)
+    monkeypatch.setattr("engine.core.runtime.boot", lambda *args, **kwargs: None)
 
     def invoke(*args: object) -> tuple[int, str, str]:
         code = main([str(a) for a in args])

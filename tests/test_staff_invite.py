@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import engine
-from engine.models import Invitation
+from engine.core.models import Invitation
 from tests.conftest import links, token_of
 from workflows.actors import enqueue_steps
 from workflows.sweep import sweep

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 import engine
-from engine.models import Invitation, PortalAccess
+from engine.core.models import Invitation, PortalAccess
 from tests.conftest import token_of
 from workflows.actors import enqueue_steps
 from workflows.sweep import sweep
@@ -107,8 +107,8 @@ def test_mass_invite_racing_a_single_invite_invites_once(practice, client_factor
                                                          monkeypatch):
     import threading
 
-    from engine import mass
-    from engine.db import connection, is_sqlite
+    from engine.core.db import connection, is_sqlite
+    from engine.operations import mass
 
     if is_sqlite():
         pytest.skip("SQLite: a batch holds the write lock from its first read, so no invite can commit in between")
@@ -158,7 +158,7 @@ def test_mass_invite_in_parallel_batches_invites_each_client_once_in_order(pract
 
 def test_mass_invite_stops_when_the_portal_is_switched_off_midway(practice, client_factory, clock, worker, sink,
                                                                   monkeypatch):
-    from engine import mass
+    from engine.operations import mass
 
     clients = [client_factory() for _ in range(6)]
     admin = f"staff:{practice.admin.id}"

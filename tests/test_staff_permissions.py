@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import engine
-from engine.access import NO_PERMISSIONS, Permissions
+from engine.operations.access import NO_PERMISSIONS, Permissions
 
 
 def permission_events(practice, client) -> list[dict]:

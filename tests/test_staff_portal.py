@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 import engine
-from engine.models import AuditEvent, Token
+from engine.core.models import AuditEvent, Token
 from tests.conftest import token_of
 from workflows.actors import enqueue_steps
 from workflows.sweep import sweep

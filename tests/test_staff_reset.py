@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 import engine
-from engine.models import OutboxEmail
+from engine.core.models import OutboxEmail
 from tests.conftest import RunningWorker, token_of
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import engine
-from engine.models import AuditEvent
+from engine.core.models import AuditEvent
 
 
 def test_p17_standard_staff_do_the_day_to_day_work(practice, client_factory, staff_by, clock, worker, sink):

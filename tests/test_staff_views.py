@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 
 import engine
-from engine.db import write
-from engine.invitations import open_invitation
+from engine.core.db import write
+from engine.operations.invitations import open_invitation
 from workflows.actors import enqueue_steps
 from workflows.sweep import sweep
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import IllegalTransition
-from engine.models import AuditEvent, Invitation
+from engine.core.errors import IllegalTransition
+from engine.core.models import AuditEvent, Invitation
 from workflows.invitation import LIVE_STATES, TERMINAL_STATES, TRANSITIONS, Event, State, diagram, transition
 
 PAIRS = [(state, event) for state in State for event in Event]
@@ -41,7 +41,7 @@ def test_every_state_event_pair(state, event, practice, client_factory, clock):
 
 
 def test_a_stale_row_is_a_conflict_not_a_silent_overwrite(practice, client_factory, clock):
-    from engine.errors import Conflict
+    from engine.core.errors import Conflict
 
     client = client_factory()
     invitation = Invitation.create(practice=practice.id, client=client.id, email="x@example.test",

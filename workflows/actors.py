@@ -1,6 +1,6 @@
 """Dramatiq actors: JSON ids in, the step re-checks the row, safe to run twice.
 
-The broker must be set (``engine.broker.setup_broker``) before this module is imported.
+The broker must be set (``engine.core.broker.setup_broker``) before this module is imported.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any
 import dramatiq
 import peewee
 
-from engine import clock
-from engine.broker import MAIL_QUEUE, QUEUE
-from engine.errors import Conflict, InvalidInput, TransientDeliveryError
+from engine.core import clock
+from engine.core.broker import MAIL_QUEUE, QUEUE
+from engine.core.errors import Conflict, InvalidInput, TransientDeliveryError
+from engine.core.runtime import ensure_broker
+from engine.core.settings import get_settings
 from engine.mail import Transport, open_transport
-from engine.runtime import ensure_broker
-from engine.settings import get_settings
 from workflows import steps
 
 ensure_broker()  # before the decorators below bind the actors to Dramatiq's global broker
@@ -127,7 +127,7 @@ def invitation_failed(message_data: dict[str, Any], retry_info: dict[str, Any]) 
                 time_limit=_settings.step_time_limit_ms)
 def send_outbox_email(outbox_id: int) -> None:
     """Deliver a one-off outbox email (a password reset) if it is still owed."""
-    from workflows import resets
+    from workflows import reset_emails as resets
 
     resets.deliver(_invitation_id(outbox_id), now=clock.now(), transport=transport(), settings=get_settings())
 

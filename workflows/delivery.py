@@ -10,10 +10,10 @@ from functools import lru_cache
 
 from peewee import Field
 
-from engine.db import insert_rows
+from engine.core.db import insert_rows
+from engine.core.models import OutboxEmail, Practice
+from engine.core.settings import Settings
 from engine.mail import RenderedEmail, Transport, build_message
-from engine.models import OutboxEmail, Practice
-from engine.settings import Settings
 
 
 @lru_cache(maxsize=8)

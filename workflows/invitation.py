@@ -13,9 +13,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from engine.db import db, insert_rows, is_postgres, write
-from engine.errors import Conflict, IllegalTransition
-from engine.models import AuditEvent, Invitation
+from engine.core.db import db, insert_rows, is_postgres, write
+from engine.core.errors import Conflict, IllegalTransition
+from engine.core.models import AuditEvent, Invitation
 
 
 class State(StrEnum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from engine.models import Invitation, Practice
+from engine.core.models import Invitation, Practice
 
 
 def _zone(practice: Practice) -> ZoneInfo:

@@ -21,13 +21,13 @@ from zoneinfo import ZoneInfo
 
 import peewee
 
-from engine import tokens
-from engine.db import select_by_ids, write
-from engine.errors import PermanentDeliveryError, TransientDeliveryError
-from engine.logs import log_context
+from engine.core import tokens
+from engine.core.db import select_by_ids, write
+from engine.core.errors import PermanentDeliveryError, TransientDeliveryError
+from engine.core.logs import log_context
+from engine.core.models import Invitation, OutboxEmail, Practice
+from engine.core.settings import Settings
 from engine.mail import Transport, render_email
-from engine.models import Invitation, OutboxEmail, Practice
-from engine.settings import Settings
 from workflows import delivery, schedule
 from workflows.invitation import TERMINAL_STATES, Event, Move, State, transition, transition_many
 

@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 
 from peewee import fn
 
-from engine.db import is_postgres, write
-from engine.models import IdempotencyKey, Invitation, Practice
+from engine.core.db import is_postgres, write
+from engine.core.models import IdempotencyKey, Invitation, Practice
 from workflows.invitation import LIVE_STATES
 
 logger = logging.getLogger("invites.sweep")

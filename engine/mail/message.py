@@ -23,7 +23,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from functools import lru_cache
 
-from engine.errors import InvalidInput, MalformedEmail
+from engine.core.errors import InvalidInput, MalformedEmail
 
 __all__ = [
     "build_message",

@@ -20,7 +20,7 @@ import mjml
 from jinja2 import Environment, StrictUndefined, Template, TemplateError
 from markupsafe import Markup, escape
 
-from engine.errors import InvalidInput
+from engine.core.errors import InvalidInput
 from engine.mail.message import clean_header_text
 
 __all__ = ["KINDS", "TEMPLATES_DIR", "RenderedEmail", "compile_all", "render_email"]

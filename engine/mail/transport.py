@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from engine.errors import DeliveryError, InvalidInput, PermanentDeliveryError, TransientDeliveryError
-from engine.settings import Settings
+from engine.core.errors import DeliveryError, InvalidInput, PermanentDeliveryError, TransientDeliveryError
+from engine.core.settings import Settings
 
 __all__ = ["FileTransport", "SmtpTransport", "Transport", "open_transport"]
 

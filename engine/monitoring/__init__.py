@@ -1,0 +1,1 @@
+"""What ops watch: queue figures, heartbeats, dead letters, history, metrics."""

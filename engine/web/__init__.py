@@ -1,0 +1,1 @@
+"""The status page server: HTML, ``/api/status`` and ``/metrics``."""
