@@ -13,4 +13,6 @@ from engine.mail import compile_all
 settings = start_process("worker")
 compile_all()  # a broken template stops the worker at start, not at the first email
 
+import workflows.actors  # noqa: E402,F401 - declares the actors on the broker start_process() set
+
 broker = _broker()

@@ -172,6 +172,7 @@ def engine_runtime(base_settings: Settings, redis_client: redis.Redis) -> Iterat
     from engine.core import runtime
 
     runtime.boot(base_settings)
+    import workflows.actors  # noqa: F401 - declares the actors on that broker
     yield runtime.broker()
 
 

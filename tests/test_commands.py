@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli.main import main
-from engine.monitoring.heartbeat import SCHEDULER_PREFIX, WORKER_PREFIX
+from engine.core.heartbeat import SCHEDULER_PREFIX, WORKER_PREFIX
 from tests.conftest import TEST_REDIS_URL
 from tests.faults import ROOT, VENV_BIN
 from tests.shell import run, running, stop, user_env, wait_while_running

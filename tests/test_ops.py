@@ -24,12 +24,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import engine
-from engine.core import logs, schema
+from engine.core import heartbeat, logs, schema
 from engine.core.broker import QUEUE
 from engine.core.clock import SystemClock
 from engine.core.db import connection, init_db
 from engine.core.settings import get_settings
-from engine.monitoring import deadletters, heartbeat, metrics
+from engine.monitoring import deadletters, heartbeats, metrics
 from engine.monitoring import figures as ops
 from engine.operations import lookup
 from tests.conftest import RunningWorker, links, token_of
@@ -150,7 +150,7 @@ def test_status_reports_deliveries_failed_in_the_last_hour(practice, client_fact
 
 
 def test_status_sees_worker_and_scheduler_heartbeats(broker, clock, redis_client):
-    import scheduler
+    from workflows import periodic
 
     assert status(broker, clock).workers == []
     problems = status(broker, clock).problems
@@ -172,11 +172,11 @@ def test_status_sees_worker_and_scheduler_heartbeats(broker, clock, redis_client
         running.worker.stop()
     assert status(broker, clock).workers == []  # a clean stop removes the heartbeat at once
 
-    scheduler.run_sweep()  # the scheduler's own job: sweep, then heartbeat
+    periodic.run_sweep()  # the scheduler's own job: sweep, then heartbeat
     [sched] = status(broker, clock).schedulers
     assert sched["last_sweep"]["claimed"] == 0 and sched["interval_s"] == get_settings().sweep_interval_s
     assert not any("scheduler" in p for p in status(broker, clock).problems)
-    assert heartbeat.sweep_totals(redis_client)["sweeps"] == 1
+    assert heartbeats.sweep_totals(redis_client)["sweeps"] == 1
 
 
 # --- 2. dead letters ------------------------------------------------------------------------
@@ -248,7 +248,7 @@ def test_dead_letter_requeue_by_id_then_purge(broker, clock):
 # --- 3. metrics -----------------------------------------------------------------------------
 
 def test_metrics_expose_every_documented_figure(practice, client_factory, staff_by, clock, broker, sink, redis_client):
-    import scheduler
+    from workflows import periodic
 
     # Given one invitation whose nudge was lost: the sweep recovers it 90 s after it was created
     client = client_factory(email="late@example.test")
@@ -258,7 +258,7 @@ def test_metrics_expose_every_documented_figure(practice, client_factory, staff_
     worker.worker.start()
     try:
         clock.advance(seconds=90)
-        scheduler.run_sweep()
+        periodic.run_sweep()
         worker.drain()
         reg = metrics.registry(broker=lambda: broker, now=clock.now, dramatiq_dir="/nonexistent")
         invited = scrape(reg)["invites_delivery_latency_seconds"]
@@ -338,7 +338,7 @@ def test_dramatiq_metrics_from_a_worker_run_by_the_dramatiq_command(engine_runti
     proc = subprocess.Popen([sys.executable, "-m", "dramatiq", "worker", "-p", "1", "-t", "2"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        _wait_for(lambda: heartbeat.workers(redis_client), proc, "the worker's heartbeat")
+        _wait_for(lambda: heartbeats.workers(redis_client), proc, "the worker's heartbeat")
         # Refused at once, not retried: a dead letter. (Sent through this broker explicitly: a
         # RabbitMQ test may have left the actors bound to its broker.)
         engine_runtime.enqueue(advance_invitation.message("not-an-id"))

@@ -195,3 +195,25 @@ def test_p7_no_password_or_hash_reaches_a_log_line(practice, client_factory, clo
     # And the upgrade left a line that says so, by action
     assert [getattr(r, "old_scheme", None) for r in all_logs.records
             if getattr(r, "action", None) == "password_rehashed"] == ["scrypt"]
+
+
+def test_p7_cli_sign_in_with_an_old_scrypt_password_comes_out_argon2id(practice, client_factory, clock, monkeypatch,
+                                                                      capsys):
+    import io
+
+    from engine.cli.main import OK, REFUSED, main
+
+    # Given a password an older release stored as scrypt
+    client = client_factory()
+    give_hash(client, OLD_SCRYPT_HASH, clock)
+    # When a portal signs the client in through the CLI with a wrong password, it is refused
+    monkeypatch.setattr("sys.stdin", io.StringIO("wrong horse battery staple\n"))
+    assert main(["sign-in", str(practice.id), str(client.id), "--password-stdin"]) == REFUSED
+    assert "wrong_password" in capsys.readouterr().err
+    assert stored_hash(client) == OLD_SCRYPT_HASH
+    assert PortalAccess.get_by_id(client.id).last_signed_in_at is None
+    # and with the right one, the sign-in is recorded and the hash is Argon2id
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["sign-in", str(practice.id), str(client.id), "--password-stdin"]) == OK
+    assert (stored_hash(client) or "").startswith("$argon2id$")
+    assert PortalAccess.get_by_id(client.id).last_signed_in_at is not None

@@ -8,72 +8,27 @@ answer; 141 standard output closed early (``| head``), quietly, as a shell pipel
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
 import sys
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
+from engine.cli import ops as ops_commands
+from engine.cli import staff as staff_commands
+from engine.cli.common import (
+    OK,
+    PIPE_CLOSED,
+    REFUSED,
+    UNAVAILABLE,
+    add_by,
+    add_json,
+    duration_s,
+    emit,
+    window,
+)
 from engine.core.errors import InviteError, ServiceUnavailable
-
-OK, REFUSED, USAGE, UNAVAILABLE = 0, 1, 2, 3
-#: 128 + SIGPIPE: what a shell reports for a command whose reader went away (``yes | head``).
-PIPE_CLOSED = 141
-
-
-def duration_s(text: str) -> int:
-    """``90``, ``90s``, ``15m``, ``6h``, ``14d`` → seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-    text = text.strip()
-    try:
-        if text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except (ValueError, IndexError) as exc:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90s, 15m, 6h, 14d)") from exc
-
-
-def window(text: str) -> tuple[int, int] | None:
-    """``09:00-18:00`` → minutes of the day; ``any`` → no window."""
-    if text == "any":
-        return None
-    try:
-        start, end = text.split("-")
-        return tuple(int(h) * 60 + int(m) for h, m in (start.split(":"), end.split(":")))  # type: ignore[return-value]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("send window looks like 09:00-18:00, or 'any'") from exc
-
-
-def emit(args: argparse.Namespace, value: Any, text: Callable[[Any], str] | None = None) -> None:
-    """Print ``value`` as JSON with ``--json``, else as ``text(value)``."""
-    if getattr(args, "json", False) or text is None:
-        print(json.dumps(value, indent=2, default=_json_default))
-    else:
-        print(text(value))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    return str(value)
-
-
-def add_by(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--by",
-        default=os.environ.get("INVITES_ACTOR"),
-        required=os.environ.get("INVITES_ACTOR") is None,
-        help="who acts: staff:<id> or system:<name> (default: $INVITES_ACTOR)",
-    )
-
-
-def add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-
+from engine.demo import command as demo_command
 
 # --- handlers ------------------------------------------------------------------------------
 
@@ -127,8 +82,14 @@ def _invite(args: argparse.Namespace) -> None:
 
 
 def _sign_in(args: argparse.Namespace) -> None:
+    from engine.core.errors import WrongPassword
     from engine.operations.invitations import record_sign_in
+    from engine.operations.password_check import check_password
 
+    # A portal that keeps no passwords of its own checks the client's here first.
+    if args.password_stdin and not check_password(args.practice, args.client, sys.stdin.read().rstrip("\n"),
+                                                  by=args.by):
+        raise WrongPassword("the password does not match", client_id=args.client)
     record_sign_in(args.practice, args.client, by=args.by)
     print(f"sign-in of client {args.client} recorded")
 
@@ -273,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("practice", type=int)
     p.add_argument("client", type=int)
     p.add_argument("--by", default="system:portal")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="check the client's password (read from standard input) first; refused (exit 1) "
+                   "with wrong_password when it does not match")
     p.set_defaults(func=_sign_in, needs_broker=False)
 
     token = sub.add_parser("token", help="portal links").add_subparsers(dest="sub", required=True)
@@ -322,25 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_scheduler, needs_db=False, needs_broker=False)
 
-    for register in _extensions():
+    # Command groups that live in their own modules: staff operations, ops, the demo.
+    for register in (staff_commands.register, ops_commands.register, demo_command.register):
         register(sub)
     return parser
-
-
-def _extensions() -> list[Callable[[Any], None]]:
-    """Command groups that live in their own modules (staff operations, ops, demo)."""
-    import importlib
-
-    found = []
-    for name in ("engine.cli.staff", "engine.cli.ops", "engine.demo.command"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        found.append(module.register)
-    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

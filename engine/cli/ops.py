@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from engine.cli.main import add_json, emit
+from engine.cli.common import add_json, emit
 from engine.core.errors import ServiceUnavailable
 
 

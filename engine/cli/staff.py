@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from engine.cli.main import add_by, add_json, emit
+from engine.cli.common import add_by, add_json, emit
 
 _SWITCH = {"on": True, "off": False}
 

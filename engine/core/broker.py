@@ -8,9 +8,9 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware, MiddlewareError, Retries, TimeLimit
 
 from engine.core.db import db
+from engine.core.heartbeat import WorkerHeartbeat, dramatiq_prometheus
 from engine.core.logs import MessageLogContext
 from engine.core.settings import Settings
-from engine.monitoring.heartbeat import WorkerHeartbeat, dramatiq_prometheus
 
 #: Queue of the invitation workflow steps.
 QUEUE = "invitations"

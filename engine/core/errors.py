@@ -185,6 +185,12 @@ class ServiceUnavailable(InviteError):
     code = "service_unavailable"
 
 
+class WrongPassword(InviteError):
+    """The password given at sign-in is not the client's portal password (the doors' refusal)."""
+
+    code = "wrong_password"
+
+
 class NotSignedIn(InviteError):
     """The client has not signed in yet: a password reset needs access in use (P7); resend instead."""
 

@@ -1,4 +1,8 @@
-"""Booting a process: settings, logging, database, broker, actors, in that order.
+"""Booting a process: settings, clock, database and broker, in that order.
+
+The broker is set before any actor module loads (``workflows.actors`` binds its actors to it);
+the core never imports the actors: a worker's entry point does, and so does every operation
+that sends a step.
 
 Long-running processes (worker, scheduler) start through ``start_process``: a short check that
 the database and the broker answer comes first, so a wrong URL or a service not up yet is one
@@ -31,14 +35,13 @@ _broker: dramatiq.Broker | None = None
 
 
 def boot(settings: Settings | None = None, *, with_broker: bool = True) -> Settings:
-    """Make this process ready to use the engine; the broker is set before actors load."""
+    """Make this process ready to use the engine: settings, clock, database, and the broker."""
     settings = configure(settings) if settings is not None else get_settings()
     if settings.clock_offset_file:
         use_clock(FileOffsetClock(settings.clock_offset_file))
     init_db(settings.database_url)
     if with_broker:
         ensure_broker()
-        import workflows.actors  # noqa: F401 - declares the actors on our broker
     return settings
 
 

@@ -6,8 +6,8 @@ clients through the Python API and shows the workflows live until every invitati
 invitations sent, reminders, a sign-in that stops the reminders, a link redeemed from an email,
 expiries. Seconds stand in for days. Ctrl-C stops every process it started.
 
-Files: ``engine/demo/story.py`` (the practice, the clients, the live loop), ``demo_report.py``
-(the closing summary), ``demo_view.py`` (the terminal), ``demo_procs.py`` (child processes).
+Files beside this one: ``story.py`` (the practice, the clients, the live loop), ``report.py``
+(the closing summary), ``view.py`` (the terminal), ``procs.py`` (child processes).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.demo.procs import Interrupted, StopSignals, Supervisor, tail
-from engine.demo.story import LIFETIME_S, PRACTICE_NAME, REMINDERS_S, TIME_ZONE, play
+from engine.demo.report import closing_summary
+from engine.demo.story import EXPECTED, LIFETIME_S, PRACTICE_NAME, REMINDERS_S, TIME_ZONE, play
 from engine.demo.view import Screen, redact, show
 
 #: Settings of every demo process: a sweep a second, and a short lease so a lost step is seen soon.
@@ -141,7 +142,12 @@ def _run(folder: Path, screen: Screen, supervisor: Supervisor, signals: StopSign
         _start_children(folder, screen, supervisor, env)
         if not _wait_until_ready(screen, supervisor, folder / "worker.log", signals):
             return FAILED
-        return play(folder, screen, supervisor, signals)
+        played = play(folder, screen, supervisor, signals)
+        if isinstance(played, int):
+            return played
+        return closing_summary(screen, practice_id=played.practice_id, players=played.players,
+                               started_at=played.started_at, elapsed_s=played.elapsed_s, folder=folder,
+                               expected=EXPECTED, actor=played.actor)
 
 
 def _broker_problem() -> str:

@@ -21,7 +21,7 @@ from dramatiq.common import q_name
 
 from engine.core.broker import QUEUES
 from engine.core.errors import InvalidInput, NotFound
-from engine.monitoring.heartbeat import redis_client
+from engine.core.heartbeat import redis_client
 
 logger = logging.getLogger("invites.deadletters")
 

@@ -19,9 +19,10 @@ import redis
 from peewee import JOIN, fn
 
 from engine.core.broker import QUEUES
+from engine.core.heartbeat import redis_client
 from engine.core.models import Invitation, OutboxEmail, Practice
 from engine.core.settings import Settings
-from engine.monitoring import heartbeat
+from engine.monitoring import heartbeats
 from workflows import schedule
 from workflows.invitation import State
 from workflows.sweep import due_condition
@@ -155,7 +156,7 @@ def _text(value: bytes | str) -> str:
 
 def queue_counts(broker: dramatiq.Broker) -> list[QueueCounts]:
     """Queue counts of ``broker``: from its Redis keys, or RabbitMQ's own message counts."""
-    client = heartbeat.redis_client(broker)
+    client = redis_client(broker)
     if client is not None:
         return redis_queue_counts(
             client,
@@ -275,16 +276,16 @@ def delivery_latencies(now: datetime, *, window_s: int = RECENT_S) -> dict[str, 
 
 def collect(now: datetime, *, broker: dramatiq.Broker, settings: Settings) -> OpsStatus:
     """Every figure at ``now``. A broker that does not answer is reported, not raised."""
-    kind = "redis" if heartbeat.redis_client(broker) is not None else "rabbitmq"
+    kind = "redis" if redis_client(broker) is not None else "rabbitmq"
     broker_error = None
     queues: list[QueueCounts] = []
     workers: list[dict[str, Any]] = []
     schedulers: list[dict[str, Any]] = []
     try:
         queues = queue_counts(broker)
-        client = heartbeat.redis_client(broker)
+        client = redis_client(broker)
         if client is not None:
-            workers, schedulers = heartbeat.workers(client), heartbeat.schedulers(client)
+            workers, schedulers = heartbeats.workers(client), heartbeats.schedulers(client)
     except Exception as exc:  # noqa: BLE001 - Redis or pika: either way the broker did not answer
         broker_error = f"{type(exc).__name__}: {exc}"
     status = OpsStatus(

@@ -24,8 +24,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from engine.core.db import connection
+from engine.core.heartbeat import redis_client
 from engine.monitoring import figures as ops
-from engine.monitoring import heartbeat
+from engine.monitoring import heartbeats
 
 logger = logging.getLogger("invites.metrics")
 
@@ -151,13 +152,13 @@ class OpsCollector(Collector):
             dead.add_metric([q.queue], q.dead)
         yield queues
         yield dead
-        client = heartbeat.redis_client(broker)
+        client = redis_client(broker)
         if client is not None:
             yield from self._heartbeats(client)
 
     def _heartbeats(self, client: redis.Redis) -> Iterator[Metric]:
-        workers = heartbeat.workers(client)
-        schedulers = heartbeat.schedulers(client)
+        workers = heartbeats.workers(client)
+        schedulers = heartbeats.schedulers(client)
         yield GaugeMetricFamily("invites_workers_alive", METRICS["invites_workers_alive"], value=len(workers))
         yield GaugeMetricFamily(
             "invites_worker_threads", METRICS["invites_worker_threads"], value=sum(w.get("threads", 0) for w in workers)
@@ -171,7 +172,7 @@ class OpsCollector(Collector):
             last["invites_sweep_last_claimed"].add_metric(labels, sweep.get("claimed", 0))
             last["invites_sweep_last_batches"].add_metric(labels, sweep.get("batches", 0))
         yield from last.values()
-        totals = heartbeat.sweep_totals(client)
+        totals = heartbeats.sweep_totals(client)
         yield CounterMetricFamily("invites_sweeps", METRICS["invites_sweeps_total"], value=totals.get("sweeps", 0))
         yield CounterMetricFamily(
             "invites_sweep_claimed", METRICS["invites_sweep_claimed_total"], value=totals.get("claimed", 0)

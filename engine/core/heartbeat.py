@@ -1,10 +1,11 @@
-"""Heartbeats: workers and schedulers say they are alive, in Redis, with a time to live.
+"""Heartbeats, the writing side: workers and schedulers say they are alive, in Redis, with a TTL.
 
 A worker process writes ``invites:heartbeat:worker:<host>:<pid>`` every ``BEAT_INTERVAL_S``
 with a TTL of ``WORKER_TTL_S``: the key exists only while the process lives. The scheduler
 writes ``invites:heartbeat:scheduler:<host>:<pid>`` after each sweep, with the sweep's duration
 and batch sizes, and adds the sweep to running totals (``invites:sweeps``) for the metrics.
 Heartbeats are about processes, so a Redis error here is logged and never stops the work.
+``engine.monitoring.heartbeats`` reads them.
 """
 
 from __future__ import annotations
@@ -149,10 +150,14 @@ class WorkerHeartbeat(Middleware):
 class SweepOutcome(Protocol):
     """What one sweep did (``workflows.sweep.SweepResult`` is one)."""
 
-    claimed: int
-    enqueued: int
-    batches: int
-    duration_ms: float
+    @property
+    def claimed(self) -> int: ...
+    @property
+    def enqueued(self) -> int: ...
+    @property
+    def batches(self) -> int: ...
+    @property
+    def duration_ms(self) -> float: ...
 
 
 def record_sweep(
@@ -160,18 +165,12 @@ def record_sweep(
     *,
     now: datetime,
     interval_s: int,
-    client: redis.Redis | None = None,
+    client: redis.Redis,
 ) -> bool:
     """The scheduler's heartbeat after a sweep, and the sweep added to the running totals.
 
     Returns False (and logs) when Redis did not take it: the sweep itself is done either way.
     """
-    if client is None:
-        from engine.core.runtime import ensure_broker
-
-        client = redis_client(ensure_broker())
-        if client is None:
-            return False
     ident = _identity()
     last: dict[str, Any] = {
         "claimed": int(result.claimed),
@@ -193,36 +192,6 @@ def record_sweep(
         logger.warning("scheduler heartbeat not written", extra={"action": "heartbeat_failed", "error": str(exc)})
         return False
     return True
-
-
-def _read(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
-    keys = sorted(client.scan_iter(match=prefix + "*", count=500))
-    if not keys:
-        return []
-    found = []
-    for key, raw in zip(keys, client.mget(keys), strict=True):
-        if raw is None:  # expired between SCAN and MGET
-            continue
-        facts = json.loads(raw)
-        facts["ttl_s"] = client.ttl(key)
-        found.append(facts)
-    return found
-
-
-def workers(client: redis.Redis) -> list[dict[str, Any]]:
-    """The heartbeats of the worker processes alive now."""
-    return _read(client, WORKER_PREFIX)
-
-
-def schedulers(client: redis.Redis) -> list[dict[str, Any]]:
-    """The heartbeats of the scheduler processes alive now, each with its last sweep."""
-    return _read(client, SCHEDULER_PREFIX)
-
-
-def sweep_totals(client: redis.Redis) -> dict[str, float]:
-    """Running totals of every sweep since Redis last lost its data."""
-    raw = client.hgetall(SWEEP_TOTALS_KEY)
-    return {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in raw.items()}
 
 
 def under_dramatiq_cli() -> bool:
