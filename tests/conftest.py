@@ -21,6 +21,7 @@ os.environ.update(
 
 import email
 import email.policy
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -424,6 +425,45 @@ def client_factory(clock: engine_clock.ManualClock, practice: Any) -> Callable[.
                              by=f"staff:{p.standard.id}", now=clock.now(), **kwargs)
 
     return make
+
+
+# --- Logs -------------------------------------------------------------------------------------
+
+class AllRecords(logging.Handler):
+    """Every log record of every logger, at DEBUG, from every thread (peewee's SQL included)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def text(self) -> str:
+        # The message, its arguments, every extra field, and any traceback: unformatted, so the
+        # formatters' redaction safety net cannot hide what the code itself logged.
+        out = []
+        for r in self.records:
+            if r.name.startswith("mail."):  # aiosmtpd: the test's SMTP sink, not the engine
+                continue
+            out.append(f"{r.name} {r.getMessage()} {r.__dict__!r}")
+            if r.exc_info:
+                out.append(logging.Formatter().formatException(r.exc_info))
+        return "\n".join(out)
+
+
+@pytest.fixture
+def all_logs() -> Iterator[AllRecords]:
+    handler = AllRecords()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
 
 
 # --- Helpers for reading emails -------------------------------------------------------------

@@ -6,8 +6,6 @@ it verified; neither a password nor its hash reaches a log line.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -149,33 +147,6 @@ def test_p7_check_password_refusals(practice, practice_factory, client_factory, 
     with pytest.raises(engine.AccessDisabled):
         engine.check_password(practice.id, client.id, PASSWORD)
     assert stored_hash(client) == OLD_SCRYPT_HASH  # refused before anything was verified
-
-
-class AllRecords(logging.Handler):
-    """Every record of every logger at DEBUG, peewee's SQL included."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def text(self) -> str:
-        return "\n".join(f"{r.name} {r.getMessage()} {r.__dict__!r}" for r in self.records)
-
-
-@pytest.fixture
-def all_logs() -> Iterator[AllRecords]:
-    handler, root = AllRecords(), logging.getLogger()
-    previous = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(previous)
 
 
 def test_p7_no_password_or_hash_reaches_a_log_line(practice, client_factory, clock, all_logs):

@@ -11,13 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import inspect
-import logging
 import os
 import re
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -70,43 +69,6 @@ def refused(call: Callable[[], Any], code: str) -> engine.InviteError:
         call()
     assert caught.value.code == code, caught.value.to_dict()
     return caught.value
-
-
-class AllRecords(logging.Handler):
-    """Every log record of every logger, at DEBUG, from every thread (peewee's SQL included)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def text(self) -> str:
-        # The message, its arguments, every extra field, and any traceback: unformatted, so the
-        # formatters' redaction safety net cannot hide what the code itself logged.
-        out = []
-        for r in self.records:
-            if r.name.startswith("mail."):  # aiosmtpd: the test's SMTP sink, not the engine
-                continue
-            out.append(f"{r.name} {r.getMessage()} {r.__dict__!r}")
-            if r.exc_info:
-                out.append(logging.Formatter().formatException(r.exc_info))
-        return "\n".join(out)
-
-
-@pytest.fixture
-def all_logs() -> Iterator[AllRecords]:
-    handler = AllRecords()
-    root = logging.getLogger()
-    previous = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(previous)
 
 
 # --- tokens ----------------------------------------------------------------------------------
