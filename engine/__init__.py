@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         NotFound,
         NotInvited,
         NotSignedIn,
+        OutOfScope,
         PermanentDeliveryError,
         PermissionRule,
         PortalOff,
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
         TokenUnknown,
         TokenUsed,
         TransientDeliveryError,
+        Unauthenticated,
+        UnknownApiKey,
         UnknownClient,
         UnknownInvitation,
         UnknownPractice,
@@ -71,6 +74,14 @@ if TYPE_CHECKING:
         permissions,
         resend,
         set_permissions,
+    )
+    from engine.operations.api_keys import (
+        ApiKeyInfo,
+        NewApiKey,
+        create_key,
+        list_keys,
+        revoke_key,
+        rotate_key,
     )
     from engine.operations.invitations import (
         TokenInfo,
@@ -139,6 +150,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "NotFound",
         "NotInvited",
         "NotSignedIn",
+        "OutOfScope",
         "PermanentDeliveryError",
         "PermissionRule",
         "PortalOff",
@@ -149,6 +161,8 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "TokenUnknown",
         "TokenUsed",
         "TransientDeliveryError",
+        "Unauthenticated",
+        "UnknownApiKey",
         "UnknownClient",
         "UnknownInvitation",
         "UnknownPractice",
@@ -201,6 +215,14 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "permissions",
         "resend",
         "set_permissions",
+    ),
+    "engine.operations.api_keys": (
+        "ApiKeyInfo",
+        "NewApiKey",
+        "create_key",
+        "list_keys",
+        "revoke_key",
+        "rotate_key",
     ),
     "engine.operations.mass": (
         "MassInviteReport",

@@ -507,3 +507,86 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("skipped, by reason")
         for reason, count in reasons.most_common():
             terminalreporter.line(f"{count:5d}  {reason}")
+
+
+# --- The HTTP API: a real uvicorn process -----------------------------------------------------
+
+class ApiServer:
+    """``invites api`` running as its own process on a free port, for one database."""
+
+    def __init__(self, base_url: str, clock_link: Path, process: Any) -> None:
+        self.base_url = base_url
+        self.clock_link = clock_link
+        self.process = process
+
+
+@pytest.fixture(scope="module")
+def api_server(database_url: str, base_settings: Settings,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """One server for a module's tests: each test points its clock link at that test's clock."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.faults import wait_for
+
+    port = free_port()
+    link = tmp_path_factory.mktemp("api") / "clock"
+    env = {**os.environ, "DATABASE_URL": database_url, "MAIL_URL": base_settings.mail_url,
+           "CLOCK_OFFSET_FILE": str(link)}
+    process = subprocess.Popen([sys.executable, "-m", "engine.cli", "api", "--port", str(port),
+                                "--log-level", "warning"], env=env, cwd=tests_dir().parent)
+    base_url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"invites api exited with {process.returncode}")
+        try:
+            return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, timeout_s=30, what="invites api to answer /healthz")
+    yield ApiServer(base_url, link, process)
+    process.terminate()
+    process.wait(timeout=10)
+
+
+class Api:
+    """An HTTP client of the test's API server, and keys made for it."""
+
+    def __init__(self, server: ApiServer) -> None:
+        import httpx
+
+        self.server = server
+        self.http = httpx.Client(base_url=server.base_url, timeout=30)
+
+    def key(self, practice: Any = None, scopes: str = "invite,staff,portal,ops", name: str = "booking") -> str:
+        """A new API key: of ``practice`` (a row or id), or a platform key when None."""
+        from engine.operations.api_keys import create_key
+
+        practice_id = getattr(practice, "id", practice)
+        return create_key(practice_id, name, scopes).key
+
+    def headers(self, key: str, *, staff: Any = None, practice: Any = None, idem: str | None = None) -> dict[str, str]:
+        out = {"Authorization": f"Bearer {key}"}
+        if staff is not None:
+            out["X-Acting-Staff"] = str(getattr(staff, "id", staff))
+        if practice is not None:
+            out["X-Practice-Id"] = str(getattr(practice, "id", practice))
+        if idem is not None:
+            out["Idempotency-Key"] = idem
+        return out
+
+
+@pytest.fixture
+def api(api_server: ApiServer, clock: SharedClock) -> Iterator[Api]:
+    """The module's API server, on this test's clock and clean database."""
+    temp = api_server.clock_link.with_suffix(".new")
+    temp.unlink(missing_ok=True)
+    temp.symlink_to(clock.path)
+    os.replace(temp, api_server.clock_link)
+    client = Api(api_server)
+    yield client
+    client.http.close()

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from engine.cli import api as api_commands
+from engine.cli import keys as keys_commands
 from engine.cli import ops as ops_commands
 from engine.cli import staff as staff_commands
 from engine.cli.common import (
@@ -286,8 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_scheduler, needs_db=False, needs_broker=False)
 
-    # Command groups that live in their own modules: staff operations, ops, the demo.
-    for register in (staff_commands.register, ops_commands.register, demo_command.register):
+    # Command groups that live in their own modules: staff operations, ops, the demo, the API, its keys.
+    for register in (staff_commands.register, ops_commands.register, demo_command.register,
+                     api_commands.register, keys_commands.register):
         register(sub)
     return parser
 

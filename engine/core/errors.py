@@ -49,6 +49,12 @@ class UnknownInvitation(NotFound):
     code = "unknown_invitation"
 
 
+class UnknownApiKey(NotFound):
+    """No live API key with that id."""
+
+    code = "unknown_api_key"
+
+
 class InvalidInput(InviteError):
     """A value is malformed or out of range."""
 
@@ -125,6 +131,18 @@ class Forbidden(InviteError):
     """The staff user's role does not allow this (P17)."""
 
     code = "forbidden"
+
+
+class Unauthenticated(InviteError):
+    """No API key, or one that is malformed, unknown or revoked (HTTP API)."""
+
+    code = "unauthenticated"
+
+
+class OutOfScope(Forbidden):
+    """The API key's scopes do not cover this resource (HTTP API)."""
+
+    code = "out_of_scope"
 
 
 class TokenError(InviteError):

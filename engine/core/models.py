@@ -239,6 +239,50 @@ class IdempotencyKey(BaseModel):
         indexes = ((("practice", "key"), True),)
 
 
+class ApiKey(BaseModel):
+    """A calling system's key to the HTTP API (B14). Only the SHA-256 of the key is stored.
+
+    The key reads ``pik_<lookup_id>_<secret>``: the lookup id finds the row, the hash of the
+    whole key is compared in constant time. A null practice is a platform key (every practice).
+    """
+
+    id = AutoField()
+    practice = ForeignKeyField(Practice, null=True, on_delete="CASCADE")
+    practice_id: int | None
+    #: Audited as ``system:<name>`` when the system acts on its own.
+    name = CharField(max_length=40)
+    #: Comma-separated: invite, staff, portal, ops.
+    scopes = CharField(max_length=100)
+    lookup_id = CharField(max_length=16, unique=True)
+    key_hash = CharField(max_length=64)
+    created_at = UTCDateTimeField()
+    revoked_at = UTCDateTimeField(null=True)
+    last_used_at = UTCDateTimeField(null=True)
+
+
+class StoredResponse(BaseModel):
+    """The first answer to an HTTP request made with an ``Idempotency-Key``, replayed on a repeat.
+
+    ``status`` is null while the first request runs: the unique (owner, key) index lets one of
+    two concurrent requests run, and the other waits for its answer.
+    """
+
+    id = AutoField()
+    #: ``practice:<id>`` for a practice's keys, ``key:<id>`` for a platform key.
+    owner = CharField(max_length=40)
+    key = CharField(max_length=255)
+    request_hash = CharField(max_length=64)
+    status = IntegerField(null=True)
+    body = TextField(null=True)
+    #: JSON object of the replayed headers (content type, location).
+    headers = TextField(null=True)
+    created_at = UTCDateTimeField()
+    expires_at = UTCDateTimeField()
+
+    class Meta:
+        indexes = ((("owner", "key"), True),)
+
+
 class SchemaVersion(BaseModel):
     """Which numbered migrations have run."""
 
@@ -256,5 +300,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     OutboxEmail,
     AuditEvent,
     IdempotencyKey,
+    ApiKey,
+    StoredResponse,
     SchemaVersion,
 )

@@ -17,7 +17,17 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 from engine.core import clock, idempotency
 from engine.core.db import db, is_postgres
-from engine.core.models import MODELS, AuditEvent, Client, IdempotencyKey, Invitation, SchemaVersion, Token
+from engine.core.models import (
+    MODELS,
+    ApiKey,
+    AuditEvent,
+    Client,
+    IdempotencyKey,
+    Invitation,
+    SchemaVersion,
+    StoredResponse,
+    Token,
+)
 
 
 def _initial(migrator: SchemaMigrator) -> None:
@@ -58,6 +68,11 @@ def _idempotency_key_client(migrator: SchemaMigrator) -> None:
             IdempotencyKey.update(
                 client=client_id, request_hash=idempotency.fingerprint("invite", client_id=client_id, message=message),
             ).where(IdempotencyKey.id == key_id).execute()
+
+
+def _api_tables(migrator: SchemaMigrator) -> None:
+    # The HTTP API's keys, and the answers it replays for a repeated Idempotency-Key.
+    db.create_tables([ApiKey, StoredResponse], safe=True)
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[SchemaMigrator], None]]] = [

@@ -63,6 +63,11 @@ class Settings:
     #: ``1``: workers run by the ``dramatiq`` command add Dramatiq's Prometheus middleware
     #: (its exposition server: ``dramatiq_prom_host``/``_port``/``_db``; docs/operations.md).
     worker_prometheus: bool = False
+    #: The HTTP API (``invites api``): the address it binds (local only by default), its port
+    #: (``portal_base_url``'s default points at it) and how many uvicorn worker processes serve it.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_workers: int = 1
     #: Tests and demos only: a file holding seconds to add to the wall clock in every process.
     clock_offset_file: str = ""
 
@@ -95,6 +100,9 @@ class Settings:
             ),
             log_format=env.get("LOG_FORMAT") or d.log_format,
             worker_prometheus=env.get("WORKER_PROMETHEUS", "").lower() in ("1", "true", "yes", "on"),
+            api_host=env.get("API_HOST") or d.api_host,
+            api_port=_int(env, "API_PORT", d.api_port),
+            api_workers=_int(env, "API_WORKERS", d.api_workers),
             clock_offset_file=env.get("CLOCK_OFFSET_FILE") or d.clock_offset_file,
         )
 
