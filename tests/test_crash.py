@@ -487,12 +487,14 @@ def check_outcome(chaos: Chaos, plan: Plan, elapsed: float) -> dict[str, Any]:
     return report
 
 
+@pytest.mark.same_wall_clock
 def test_crash_kill_workers_redis_and_scheduler_lose_nothing(tmp_path: Path) -> None:
     plan = Plan(clients=200, database_url=f"sqlite:///{tmp_path / 'crash.db'}", invite_pause_s=0.03)
     run_crash(tmp_path, plan)
 
 
 @pytest.mark.long
+@pytest.mark.same_wall_clock
 def test_crash_long_2000_clients_on_postgres(tmp_path: Path) -> None:
     from tests.conftest import TEST_PG_DSN, _postgres_ready
 
